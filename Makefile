@@ -1,0 +1,42 @@
+# `make demo` and `make test` each set up .venv when missing, then run. Nothing else is needed on a fresh machine.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SHARED ?= $(abspath ../shared)
+
+# Point harden at the shared data and zoo when they sit beside the checkout; an explicit environment wins.
+ifneq ($(wildcard $(SHARED)/zoo),)
+export HARDEN_ZOO ?= $(SHARED)/zoo
+endif
+ifneq ($(wildcard $(SHARED)/data),)
+export HARDEN_DATA ?= $(SHARED)/data
+endif
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+# torch first, pinned, so pip takes the local wheels rather than resolving a multi-GB CUDA build from the index.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[cpu,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import harden.cli, onnxruntime, torch_pruning, mlflow" && touch $(STAMP)
+
+demo: $(STAMP)
+	@if [ ! -d "$${HARDEN_ZOO:-}/preact18-badnets" ]; then \
+	  echo "No model zoo found (looked for \$$HARDEN_ZOO/preact18-badnets; HARDEN_ZOO='$${HARDEN_ZOO:-}')."; \
+	  echo "Point the demo at your own model and data, for example:"; \
+	  echo "  $(BIN)/harden run pipelines/demo.yaml --set model.path=/path/to/model_folder \\"; \
+	  echo "      --set data.clean.path=/path/to/clean.npz --set data.test.path=/path/to/test.npz"; \
+	  echo "(a model folder holds config.json in the timm hub layout beside model.safetensors)"; \
+	  exit 1; fi
+	$(BIN)/harden run pipelines/demo.yaml --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+clean:
+	rm -rf runs harden-runs .pytest_cache

@@ -1,0 +1,310 @@
+"""Pipeline configuration: YAML -> validated, path-resolved PipelineConfig, with every problem reported at once."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import Field, ValidationError, create_model
+
+from .attacks.triggers import ArrayRef, TriggerConfig
+from .base import StrictModel
+from .errors import ConfigError
+from .scorers import SCORERS
+
+
+class InputSpec(StrictModel):
+    """The input contract, required when model.path is a bare weights file (a model folder carries its own)."""
+
+    size: tuple[int, int, int] = Field(description="C, H, W")
+    mean: list[float]
+    std: list[float]
+    labels: Optional[list[str]] = None
+    pixel_scale: float = 255.0
+
+
+class ModelConfig(StrictModel):
+    path: Path
+    architecture: Optional[str] = None
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    num_classes: Optional[int] = Field(None, ge=2)
+    input: Optional[InputSpec] = None
+
+
+class DataSource(StrictModel):
+    path: Path
+    limit: Optional[int] = Field(None, ge=1, description="use only the first N images after a seeded shuffle")
+
+
+class CleanData(DataSource):
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="stratified share kept for stopping and checks")
+    split_seed: int = 0
+
+
+class DataConfig(StrictModel):
+    clean: CleanData
+    test: Optional[DataSource] = None
+
+
+# A mapping keyed by registered scorer name, one optional section each: typos fail with the key path.
+ScorerMethods = create_model(
+    "ScorerMethods",
+    __base__=StrictModel,
+    **{name: (Optional[SCORERS.get(name).config_cls], None) for name in SCORERS.names()},
+)
+
+
+class ScoreStage(StrictModel):
+    enabled: bool = True
+    methods: ScorerMethods = Field(default_factory=lambda: ScorerMethods(clp={}))  # type: ignore[call-arg]
+
+
+class PruneStage(StrictModel):
+    enabled: bool = True
+    coupled: Literal["branch_zero", "remove"] = Field(
+        "branch_zero", description="flagged channels in a residual group: zero that branch, or remove stream-wide"
+    )
+    quorum: float = Field(0.5, gt=0, le=1, description="share of a group's producers flagged to remove the index")
+    round_to: int = Field(8, ge=1, description="keep remaining widths a multiple of this (ORT's NCHWc block)")
+    max_round_extra: float = Field(
+        0.125, ge=0, le=1, description="most extra channels, as a share of the width, rounding may remove"
+    )
+    max_layer_fraction: float = Field(0.5, gt=0, le=1, description="never silence more of one layer than this")
+    atol: float = Field(1e-4, gt=0, description="pruned vs masked model tolerance (catches pairing bugs)")
+
+
+class FinetuneStage(StrictModel):
+    enabled: bool = True
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    patience: int = Field(4, ge=1, description="epochs without held-out improvement before stopping")
+    augment: bool = True
+    max_steps: Optional[int] = Field(None, ge=1, description="cap on optimizer steps (tests and smoke runs)")
+
+
+class ExportStage(StrictModel):
+    enabled: bool = True
+    exporter: Literal["auto", "dynamo", "legacy"] = "auto"
+    slim: bool = True
+    atol: float = Field(1e-4, gt=0, description="max |torch - onnxruntime| allowed on the parity batches")
+    min_top1_agreement: float = Field(0.999, ge=0, le=1)
+    parity_images: int = Field(256, ge=1)
+
+
+class VerifyStage(StrictModel):
+    enabled: bool = True
+    triggers: dict[str, TriggerConfig] = Field(default_factory=dict)
+    batch_size: int = Field(500, ge=1)
+
+
+class Stages(StrictModel):
+    score: ScoreStage = Field(default_factory=ScoreStage)
+    prune: PruneStage = Field(default_factory=PruneStage)
+    finetune: FinetuneStage = Field(default_factory=FinetuneStage)
+    export: ExportStage = Field(default_factory=ExportStage)
+    verify: VerifyStage = Field(default_factory=VerifyStage)
+
+
+class TrackingConfig(StrictModel):
+    enabled: bool = True
+    uri: Optional[str] = Field(None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or <out>/mlflow.db")
+    experiment: str = "harden"
+    registered_model: Optional[str] = Field(None, description="default: harden-<model folder name>")
+
+
+class PipelineConfig(StrictModel):
+    name: str = "harden"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out: Optional[Path] = None
+    model: ModelConfig
+    data: DataConfig
+    stages: Stages = Field(default_factory=Stages)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def digest(self) -> str:
+        """sha256 of the resolved configuration (paths included): the pipeline hash in lineage and ONNX metadata."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None, cwd: Path | None = None) -> PipelineConfig:
+    """Read, interpolate, override, validate and resolve a pipeline YAML.
+
+    Args:
+        path: the YAML file. Relative paths inside it resolve against its folder.
+        overrides: ``key.path=value`` strings; values are parsed as YAML scalars, relative paths resolve against cwd.
+        cwd: base for relative paths given in overrides (default: the process cwd).
+
+    Raises:
+        ConfigError: every problem found, each with its key path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, [("", "file not found" if not path.exists() else "not a regular file")])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [("", f"not valid YAML: {exc}")]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, [("", f"expected a mapping at the top level, got {type(raw).__name__}")])
+
+    problems: list[tuple[str, str]] = []
+    raw = _interpolate(raw, "", problems)
+    overridden: set[str] = set()
+    for item in overrides or []:
+        key, value, err = _parse_override(item)
+        if err:
+            problems.append((key, err))
+            continue
+        err = _set_path(raw, key, value)
+        if err:
+            problems.append((key, err))
+        overridden.add(key)
+    if problems:
+        raise ConfigError(path, problems)
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(path, [_describe(e) for e in exc.errors()]) from None
+    cfg = _resolve_paths(cfg, path.parent.resolve(), (cwd or Path.cwd()).resolve(), overridden)
+    problems = _check_files(cfg)
+    if problems:
+        raise ConfigError(path, problems)
+    return cfg
+
+
+def _interpolate(node: Any, key: str, problems: list[tuple[str, str]]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, f"{key}.{k}" if key else str(k), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{key}.{i}", problems) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is None or value == "":
+                if m.group(2) is not None:
+                    return m.group(2)
+                problems.append((key, f"environment variable {m.group(1)} is not set (use ${{{m.group(1)}:-default}})"))
+                return m.group(0)
+            return value
+
+        return _ENV.sub(sub, node)
+    return node
+
+
+def _parse_override(item: str) -> tuple[str, Any, str | None]:
+    if "=" not in item:
+        return item, None, "an override must look like key.path=value"
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        return key, None, "empty key segment in override"
+    try:
+        return key, yaml.safe_load(text) if text else "", None
+    except yaml.YAMLError as exc:
+        return key, None, f"value is not valid YAML: {exc}"
+
+
+def _set_path(raw: dict[str, Any], key: str, value: Any) -> str | None:
+    node: Any = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            return f"cannot set {part!r} inside a {type(node).__name__}"
+        if node is None:
+            return f"{part!r} is null"
+    if not isinstance(node, dict):
+        return f"cannot set a key inside a {type(node).__name__}"
+    node[parts[-1]] = value
+    return None
+
+
+def _describe(err: dict[str, Any]) -> tuple[str, str]:
+    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        return key, _unknown_key_message(loc)
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return key, f"{err['msg']}{shown}"
+
+
+def _unknown_key_message(loc: list[str]) -> str:
+    allowed = _allowed_keys(loc[:-1])
+    hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    return f"unknown key{suggestion} Allowed here: {', '.join(sorted(allowed))}" if allowed else "unknown key"
+
+
+def _allowed_keys(parent: list[str]) -> list[str]:
+    model: Any = PipelineConfig
+    for part in parent:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        ann = fields[part].annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _resolve_paths(cfg: PipelineConfig, yaml_dir: Path, cwd: Path, overridden: set[str]) -> PipelineConfig:
+    """Make every Path field absolute: YAML-relative, except values given with --set (cwd-relative)."""
+
+    def walk(obj: Any, key: str) -> Any:
+        if isinstance(obj, StrictModel):
+            updates = {}
+            for name in type(obj).model_fields:
+                value = getattr(obj, name)
+                new = walk(value, f"{key}.{name}" if key else name)
+                if new is not value:
+                    updates[name] = new
+            return obj.model_copy(update=updates) if updates else obj
+        if isinstance(obj, dict):
+            return {k: walk(v, f"{key}.{k}") for k, v in obj.items()}
+        if isinstance(obj, Path):
+            base = cwd if any(key == o or key.startswith(o + ".") for o in overridden) else yaml_dir
+            return obj.expanduser() if obj.expanduser().is_absolute() else (base / obj.expanduser()).resolve()
+        return obj
+
+    return walk(cfg, "")
+
+
+def _check_files(cfg: PipelineConfig) -> list[tuple[str, str]]:
+    problems = []
+    checks: list[tuple[str, Path]] = [("model.path", cfg.model.path), ("data.clean.path", cfg.data.clean.path)]
+    if cfg.data.test is not None:
+        checks.append(("data.test.path", cfg.data.test.path))
+    for name, trig in cfg.stages.verify.triggers.items():
+        for field_name in type(trig).model_fields:
+            ref = getattr(trig, field_name)
+            if isinstance(ref, ArrayRef):
+                checks.append((f"stages.verify.triggers.{name}.{field_name}.path", ref.path))
+    for key, p in checks:
+        if not p.exists():
+            problems.append((key, f"no such file or folder: {p}"))
+    return problems
+
+
+def resolved_dict(cfg: PipelineConfig) -> dict[str, Any]:
+    return copy.deepcopy(cfg.model_dump(mode="json"))

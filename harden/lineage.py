@@ -1,0 +1,182 @@
+"""Lineage behind a small interface: MlflowTracker records runs, artifacts and the registry; NullTracker does nothing.
+
+mlflow is imported lazily: it costs ~2 s to import and the core library must work without a tracking store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+
+from .errors import TrackingError
+
+
+class Tracker(Protocol):
+    parent_run_id: str | None
+
+    def pipeline(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> contextlib.AbstractContextManager: ...
+
+    def stage(self, name: str) -> contextlib.AbstractContextManager: ...
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def log_dict(self, obj: Any, name: str) -> None: ...
+
+    def log_file(self, path: Path, folder: str | None = None) -> None: ...
+
+    def log_dataset(self, x: np.ndarray, y: np.ndarray, name: str, source: str, sha256: str, context: str) -> None: ...
+
+    def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -> str | None: ...
+
+
+class NullTracker:
+    """Tracking disabled (tracking.enabled: false) and in unit tests."""
+
+    parent_run_id: str | None = None
+
+    @contextlib.contextmanager
+    def pipeline(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[None]:
+        yield
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        yield
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def log_dict(self, obj: Any, name: str) -> None: ...
+
+    def log_file(self, path: Path, folder: str | None = None) -> None: ...
+
+    def log_dataset(self, x: np.ndarray, y: np.ndarray, name: str, source: str, sha256: str, context: str) -> None: ...
+
+    def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -> str | None:
+        return None
+
+
+def _quiet_mlflow() -> None:
+    for name in ("mlflow", "alembic", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="mlflow")
+    warnings.filterwarnings("ignore", message=".*noload.*")
+    warnings.filterwarnings("ignore", message=".*dataset source can be interpreted.*")
+
+
+class MlflowTracker:
+    """One parent run per pipeline, one nested run per stage; a failing stage ends its runs FAILED."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path):
+        _quiet_mlflow()
+        try:
+            import mlflow
+        except ImportError:  # pragma: no cover - mlflow is a dependency; kept for slim installs
+            raise TrackingError("tracking needs mlflow: pip install mlflow, or set tracking.enabled: false") from None
+        self.mlflow = mlflow
+        self.uri = uri
+        self.parent_run_id = None
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            exp = mlflow.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else mlflow.create_experiment(
+                experiment, artifact_location=artifact_root.resolve().as_uri() if uri.startswith("sqlite") else None
+            )
+            mlflow.set_experiment(experiment_id=exp_id)
+        except Exception as exc:
+            raise TrackingError(
+                f"cannot open MLflow tracking store {uri!r}: {type(exc).__name__}: {str(exc)[:300]}. "
+                "Check tracking.uri / MLFLOW_TRACKING_URI, or set tracking.enabled: false."
+            ) from None
+
+    @contextlib.contextmanager
+    def pipeline(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[None]:
+        with self._run(name, nested=False, tags=tags) as run:
+            self.parent_run_id = run.info.run_id
+            self.log_params(params)
+            yield
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        with self._run(name, nested=True, tags={"harden.stage": name}):
+            yield
+
+    @contextlib.contextmanager
+    def _run(self, name: str, nested: bool, tags: dict[str, str]) -> Iterator[Any]:
+        run = self.mlflow.start_run(run_name=name, nested=nested, tags=tags)
+        try:
+            yield run
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            with contextlib.suppress(Exception):
+                self.mlflow.set_tag("harden.error", f"{type(exc).__name__}: {str(exc)[:4000]}")
+            self.mlflow.end_run(status=status)
+            raise
+        self.mlflow.end_run(status="FINISHED")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        self.mlflow.log_dict(obj, name)
+
+    def log_file(self, path: Path, folder: str | None = None) -> None:
+        self.mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_dataset(self, x: np.ndarray, y: np.ndarray, name: str, source: str, sha256: str, context: str) -> None:
+        # from_numpy's own digest hashes only the first 10k values; pass the full-content sha256 instead.
+        ds = self.mlflow.data.from_numpy(x[:1], targets=y[:1], name=name, source=source, digest=sha256[:32])
+        self.mlflow.log_input(ds, context=context, tags={"sha256": sha256, "images": str(len(y))})
+
+    def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -> str | None:
+        import onnx
+        from mlflow.models import infer_signature
+        from mlflow.tracking import MlflowClient
+
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        logits = sess.run(None, {sess.get_inputs()[0].name: example})[0]
+        info = self.mlflow.onnx.log_model(
+            onnx.load(str(path)), name="model", registered_model_name=name,
+            signature=infer_signature(example, {"logits": logits}), save_as_external_data=False,
+        )
+        version = str(info.registered_model_version)
+        client = MlflowClient()
+        for k, v in tags.items():
+            client.set_model_version_tag(name, version, k, v)
+        client.set_registered_model_alias(name, "candidate", version)
+        return version
+
+
+def default_tracking_uri(out: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,152 @@
+"""Load a third-party model without running foreign code: safetensors, or torch.load(weights_only=True)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..artifacts import InputContract, ModelArtifact
+from ..errors import ModelLoadError
+from .registry import create_model
+from .surgery import find_classifier
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file or a weights-only torch checkpoint; never an arbitrary pickle."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from None
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError for code-carrying pickles, RuntimeError for bad zips
+            raise ModelLoadError(
+                f"{path}: refused to load. harden reads checkpoints with torch.load(weights_only=True), which "
+                f"rejects pickles that could run code ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+                "Convert it where you trust it: torch.save(model.state_dict(), 'weights.pt') or save it as safetensors."
+            ) from None
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise ModelLoadError(f"{path}: expected a state_dict (name -> tensor), got {type(obj).__name__}")
+        return obj
+    raise ModelLoadError(f"{path}: unsupported weights format {path.suffix!r}; use .safetensors, .pt or .pth")
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path, arch: str) -> None:
+    """Strictly load a state_dict, listing every missing/unexpected key and shape mismatch on failure."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
+                parts.append(f"{title} ({len(items)}): {shown}")
+        raise ModelLoadError(
+            f"{source} does not fit architecture {arch!r}: " + "; ".join(parts)
+            + ". Check model.architecture and model.model_args (e.g. width)."
+        )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelLoadError(f"{source}: weights contain NaN or Inf in {', '.join(bad[:5])}")
+    model.load_state_dict(state, strict=True)
+
+
+def _contract_from_config(cfg: dict[str, Any], where: Path) -> InputContract:
+    try:
+        pc = cfg["pretrained_cfg"]
+        num_classes = int(cfg["num_classes"])
+        labels = cfg.get("label_names") or [str(i) for i in range(num_classes)]
+        if len(labels) != num_classes:
+            raise ModelLoadError(f"{where}: {len(labels)} label_names but num_classes is {num_classes}")
+        return InputContract(
+            input_size=tuple(int(v) for v in pc["input_size"]),  # type: ignore[arg-type]
+            mean=tuple(float(v) for v in pc["mean"]),
+            std=tuple(float(v) for v in pc["std"]),
+            labels=tuple(str(v) for v in labels),
+            pixel_scale=float(pc.get("pixel_scale", 255)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{where}: config.json lacks or mistypes {exc}; it needs num_classes and pretrained_cfg "
+            "with input_size, mean and std (timm hub layout)"
+        ) from None
+
+
+def load_model(
+    path: Path,
+    architecture: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    num_classes: int | None = None,
+    contract: InputContract | None = None,
+) -> ModelArtifact:
+    """Ingest a model folder (timm hub layout) or an architecture name plus a weights file.
+
+    Raises:
+        ModelLoadError: anything about the model that the user must fix.
+    """
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise ModelLoadError(f"{path}: a model folder needs config.json (timm hub layout) beside its weights")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{cfg_path}: not valid JSON ({exc})") from None
+        weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
+        if weights is None:
+            raise ModelLoadError(f"{path}: no weights file; expected one of {', '.join(WEIGHT_FILES)}")
+        architecture = architecture or cfg.get("architecture")
+        model_args = {**cfg.get("model_args", {}), **(model_args or {})}
+        contract = contract or _contract_from_config(cfg, cfg_path)
+    else:
+        weights = path
+        if architecture is None or contract is None:
+            raise ModelLoadError(
+                f"{path} is a bare weights file: set model.architecture and model.input (size, mean, std, labels) "
+                "in the pipeline YAML, or point model.path at a folder with config.json"
+            )
+    if not architecture:
+        raise ModelLoadError(f"{path}: no architecture given (config.json 'architecture' or model.architecture)")
+    n = num_classes or contract.num_classes
+    if n != contract.num_classes:
+        raise ModelLoadError(f"model.num_classes is {n} but the input contract has {contract.num_classes} labels")
+    model = create_model(architecture, n, model_args)
+    load_weights(model, read_state_dict(weights), weights, architecture)
+    model.eval()
+    return ModelArtifact(
+        model=model,
+        architecture=architecture,
+        model_args=dict(model_args or {}),
+        contract=contract,
+        source_path=weights,
+        source_sha256=sha256_file(weights),
+        classifier=find_classifier(model),
+    )

@@ -1,0 +1,247 @@
+"""Orders the stages, wraps each in a lineage span and a timer, and writes the report. Knows no method names."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import yaml
+
+from . import __version__
+from .artifacts import ModelArtifact
+from .config import PipelineConfig, resolved_dict
+from .context import RunContext, resolve_device
+from .evaluate import accuracy, onnx_predictor, torch_predictor
+from .lineage import MlflowTracker, NullTracker, Tracker, atomic_write_bytes, default_tracking_uri
+from .progress import console
+from .stages import export, finetune, ingest, prune, score, verify
+
+
+@dataclass
+class PipelineResult:
+    out_dir: Path
+    report: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False).encode())
+
+
+def _save_weights(path: Path, model: torch.nn.Module) -> None:
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+
+
+def registered_name(cfg: PipelineConfig) -> str:
+    if cfg.tracking.registered_model:
+        return cfg.tracking.registered_model
+    stem = cfg.model.path.name if cfg.model.path.is_dir() else cfg.model.path.stem
+    return "harden-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)
+
+
+def make_tracker(cfg: PipelineConfig, out_dir: Path) -> Tracker:
+    if not cfg.tracking.enabled:
+        return NullTracker()
+    uri = cfg.tracking.uri or default_tracking_uri(out_dir)
+    return MlflowTracker(uri, cfg.tracking.experiment, out_dir / "mlartifacts")
+
+
+def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = None) -> PipelineResult:
+    """Run every enabled stage in order: ingest, score, prune, finetune, export, verify; then register and report.
+
+    Raises:
+        HardenError: any failure the user can act on; the MLflow runs of the failed stage and pipeline end FAILED.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    ctx = RunContext(resolve_device(cfg.device), cfg.seed, out_dir, make_tracker(cfg, out_dir))
+    seconds: dict[str, float] = {}
+    t_all = time.perf_counter()
+    st = cfg.stages
+    report: dict[str, Any] = {"harden_version": __version__, "device": str(ctx.device)}
+
+    @contextlib.contextmanager
+    def stage(name: str) -> Iterator[None]:
+        console.print(f"[bold cyan]▶ {name}[/]")
+        t0 = time.perf_counter()
+        with ctx.tracker.stage(name):
+            yield
+            seconds[name] = round(time.perf_counter() - t0, 3)
+            ctx.tracker.log_metrics({"seconds": seconds[name]})
+
+    tags = {"harden.version": __version__, "harden.pipeline_sha256": cfg.digest()}
+    resolved = resolved_dict(cfg)
+    with ctx.tracker.pipeline(cfg.name, {"pipeline_sha256": cfg.digest(), "device": str(ctx.device)}, tags):
+        atomic_write_bytes(out_dir / "config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False).encode())
+        ctx.tracker.log_file(out_dir / "config.resolved.yaml")
+
+        with stage("ingest"):
+            inp = ingest.run(cfg)
+            src = inp.model
+            for name, ds, context in (("clean-tune", inp.tune, "training"), ("clean-heldout", inp.heldout, "validation"),
+                                      ("test", inp.test, "evaluation")):
+                if ds is not None:
+                    ctx.tracker.log_dataset(ds.x, ds.y, name, ds.source, ds.sha256, context)
+            ctx.tracker.log_params({"architecture": src.architecture, "model_args": json.dumps(src.model_args),
+                                    "source_sha256": src.source_sha256, "source_path": str(src.source_path),
+                                    "tune_images": len(inp.tune), "heldout_images": len(inp.heldout)})
+        report["source"] = {"path": str(src.source_path), "sha256": src.source_sha256,
+                            "architecture": src.architecture, "model_args": src.model_args}
+        report["pipeline"] = {"name": cfg.name, "sha256": cfg.digest(), "config": str(config_path or "")}
+        report["data"] = {"clean_sha256": inp.clean.sha256, "tune": len(inp.tune), "heldout": len(inp.heldout),
+                          "test": len(inp.test) if inp.test is not None else 0}
+        current: ModelArtifact = src
+        hooks: list[object] = []
+
+        scores = None
+        if st.score.enabled:
+            with stage("score"):
+                scores = score.run(st.score, current, inp.tune)
+                _write_json(out_dir / "scores.json", scores.to_json())
+                ctx.tracker.log_file(out_dir / "scores.json", "score")
+                ctx.tracker.log_metrics({"flagged": scores.num_flagged(), "channels": scores.num_channels()})
+            report["score"] = {"method": scores.method, "flagged": scores.num_flagged(),
+                               "channels": scores.num_channels()}
+
+        if st.prune.enabled and scores is not None:
+            with stage("prune"):
+                current, pr = prune.run(st.prune, current, scores, ctx.device)
+                hooks.append(prune.ZeroMask(pr.zeroed))
+                _write_json(out_dir / "pruning.json", {"removed": pr.removed, "zeroed": pr.zeroed,
+                                                       "history": pr.history})
+                ctx.tracker.log_file(out_dir / "pruning.json", "prune")
+                ctx.tracker.log_metrics({"params_before": pr.params_before, "params_after": pr.params_after,
+                                         "macs_before": pr.macs_before, "macs_after": pr.macs_after,
+                                         "max_abs_diff_vs_masked": pr.max_abs_diff_vs_masked})
+            report["prune"] = {"removed": sum(map(len, pr.removed.values())),
+                               "zeroed": sum(map(len, pr.zeroed.values())),
+                               "max_abs_diff_vs_masked": pr.max_abs_diff_vs_masked}
+            report["params"] = {"before": pr.params_before, "after": pr.params_after}
+            report["macs"] = {"before": pr.macs_before, "after": pr.macs_after}
+        else:
+            example = torch.zeros(1, *src.contract.input_size)
+            macs, params = prune.count(src.model.cpu(), example)
+            report["params"] = {"before": params, "after": params}
+            report["macs"] = {"before": macs, "after": macs}
+
+        if st.finetune.enabled:
+            with stage("finetune"):
+                current, ft = finetune.run(st.finetune, current, inp.tune, inp.heldout, ctx.device, cfg.seed, hooks)
+                for row in ft.history:
+                    ctx.tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]},
+                                            step=int(row["epoch"]))
+            report["finetune"] = {"epochs_run": ft.epochs_run, "best_epoch": ft.best_epoch,
+                                  "heldout_acc_start": ft.heldout_acc_before, "heldout_acc_best": ft.best_heldout_acc}
+
+        _save_weights(out_dir / "hardened.safetensors", current.model)
+        after = torch_predictor(current.model, src.contract, ctx.device)
+        after_kind = "torch"
+        exp = None
+        if st.export.enabled:
+            with stage("export"):
+                meta = {"harden.source_sha256": src.source_sha256, "harden.pipeline_sha256": cfg.digest(),
+                        "harden.version": __version__, "harden.architecture": src.architecture}
+                exp = export.run(st.export, current, inp.heldout, out_dir, meta)
+                ctx.tracker.log_file(exp.path, "export")
+                ctx.tracker.log_metrics({"onnx_max_abs_diff": exp.max_abs_diff, "onnx_top1_agreement": exp.top1_agreement})
+            report["onnx"] = {"path": str(exp.path), "sha256": exp.sha256, "max_abs_diff": exp.max_abs_diff,
+                              "top1_agreement": exp.top1_agreement, "exporter": exp.exporter, "nodes": exp.nodes}
+            after = onnx_predictor(exp.path, src.contract)
+            after_kind = "onnxruntime"
+
+        before = torch_predictor(copy_model(src.model), src.contract, ctx.device)
+        report["heldout_acc"] = {"before": accuracy(before, inp.heldout, label="held-out accuracy (before)"),
+                                 "after": accuracy(after, inp.heldout, label="held-out accuracy (after)")}
+        if st.verify.enabled:
+            measured_on = inp.test if inp.test is not None else inp.heldout
+            with stage("verify"):
+                vr = verify.run(st.verify, before, after, after_kind, measured_on)
+                metrics = {"clean_acc_before": vr.clean_acc_before, "clean_acc_after": vr.clean_acc_after}
+                for k in vr.asr_after:
+                    metrics |= {f"asr_{k}_before": vr.asr_before[k], f"asr_{k}_after": vr.asr_after[k],
+                                f"robust_acc_{k}_after": vr.robust_acc_after[k]}
+                ctx.tracker.log_metrics(metrics)
+            report["clean_acc"] = {"before": vr.clean_acc_before, "after": vr.clean_acc_after,
+                                   "measured_on": "test" if inp.test is not None else "heldout",
+                                   "after_with": vr.evaluated_after_with}
+            report["asr"] = {k: {"before": vr.asr_before[k], "after": vr.asr_after[k]} for k in vr.asr_after}
+            report["robust_acc"] = {k: {"after": v} for k, v in vr.robust_acc_after.items()}
+
+        report["mlflow"] = {"tracking_uri": getattr(ctx.tracker, "uri", None), "run_id": ctx.tracker.parent_run_id,
+                            "model_name": None, "model_version": None}
+        if exp is not None:
+            name = registered_name(cfg)
+            version = ctx.tracker.register_onnx(exp.path, name, _example(inp.heldout, src), registry_tags(report))
+            if version is not None:
+                report["mlflow"] |= {"model_name": name, "model_version": version}
+        seconds["total"] = round(time.perf_counter() - t_all, 3)
+        report["seconds"] = seconds
+        _write_json(out_dir / "report.json", report)
+        ctx.tracker.log_file(out_dir / "report.json")
+        ctx.tracker.log_metrics({"total_seconds": seconds["total"]})
+    return PipelineResult(out_dir, report, seconds)
+
+
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).eval()
+
+
+def _example(heldout, src: ModelArtifact) -> np.ndarray:
+    return src.contract.normalize(heldout.batch01(slice(0, 2))).numpy().astype(np.float32)
+
+
+def registry_tags(report: dict[str, Any]) -> dict[str, str]:
+    """Model-version tags, taken verbatim from report.json so the two always agree."""
+    tags = {"source_sha256": report["source"]["sha256"], "pipeline_sha256": report["pipeline"]["sha256"],
+            "harden_version": report["harden_version"], "onnx_sha256": report["onnx"]["sha256"]}
+    if "clean_acc" in report:
+        tags["clean_acc"] = repr(report["clean_acc"]["after"])
+        tags["clean_acc_before"] = repr(report["clean_acc"]["before"])
+    for k, v in report.get("asr", {}).items():
+        tags[f"asr.{k}"] = repr(v["after"])
+    if report.get("asr"):
+        tags["asr"] = repr(max(v["after"] for v in report["asr"].values()))
+    return tags
+
+
+def summary_table(report: dict[str, Any]):
+    from rich.table import Table
+
+    t = Table(title="harden: before / after", show_lines=False)
+    t.add_column("metric")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+    if "clean_acc" in report:
+        t.add_row(f"clean accuracy ({report['clean_acc']['measured_on']})", pct(report["clean_acc"]["before"]),
+                  pct(report["clean_acc"]["after"]))
+    t.add_row("held-out clean accuracy", pct(report["heldout_acc"]["before"]), pct(report["heldout_acc"]["after"]))
+    for k, v in report.get("asr", {}).items():
+        t.add_row(f"ASR {k}", pct(v["before"]), pct(v["after"]))
+    t.add_row("params", f"{report['params']['before']:,}", f"{report['params']['after']:,}")
+    t.add_row("MACs", f"{report['macs']['before']:,}", f"{report['macs']['after']:,}")
+    if "onnx" in report:
+        t.add_row("ONNX parity (max |diff|)", "", f"{report['onnx']['max_abs_diff']:.1e}")
+    t.add_row("wall time", "", f"{report['seconds']['total']:.0f} s")
+    return t
+
+
+def render_summary(report: dict[str, Any]) -> str:
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=100).print(summary_table(report))
+    return buf.getvalue()

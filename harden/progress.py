@@ -1,0 +1,22 @@
+"""Rich progress bars, shown only on an interactive terminal so logs and CI output stay clean."""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable, Iterator, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+console = Console(stderr=True)
+
+
+def track(items: Iterable[T], label: str, total: int | None = None) -> Iterator[T]:
+    if not sys.stderr.isatty():
+        yield from items
+        return
+    columns = (TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        yield from progress.track(items, total=total, description=label)

@@ -1,0 +1,42 @@
+"""Scorer protocol and registry. A scorer maps a model (and optional clean data) to ChannelScores; it never prunes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Protocol
+
+import torch.nn as nn
+
+from ..artifacts import ChannelScores
+from ..base import StrictModel
+from ..registry import Registry
+
+
+class ScorerConfig(StrictModel):
+    """Base of every scorer's YAML section."""
+
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    config_cls: type[ScorerConfig]
+    factory: Callable[[ScorerConfig], "Scorer"]
+    needs_data: bool
+
+
+class Scorer(Protocol):
+    needs_data: ClassVar[bool]
+
+    def score(self, model: nn.Module, data: object | None) -> ChannelScores: ...
+
+
+SCORERS: Registry[ScorerInfo] = Registry("scorer")
+
+
+def register_scorer(name: str, description: str, config_cls: type[ScorerConfig]):
+    """Class decorator: registers a scorer under its YAML name with its config class and capabilities."""
+
+    def deco(cls):
+        SCORERS.register(name, description)(ScorerInfo(config_cls, cls, bool(getattr(cls, "needs_data", False))))
+        return cls
+
+    return deco

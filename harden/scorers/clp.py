@@ -1,0 +1,54 @@
+"""CLP: Channel Lipschitzness-based Pruning (Zheng et al., ECCV 2022), algorithms.md §1. Data-free."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+from pydantic import Field
+
+from ..artifacts import ChannelScores, LayerScores
+from ..models.surgery import pair_convs_with_bns
+from .base import ScorerConfig, register_scorer
+
+
+class ClpConfig(ScorerConfig):
+    u: float = Field(3.0, gt=0, description="flag channels whose within-layer z-score of UCLC exceeds u")
+    min_channels: int = Field(8, ge=2, description="layers with fewer output channels are scored but never flagged")
+
+
+def uclc(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> torch.Tensor:
+    """Upper bound of each output channel's Lipschitz constant: sigma_max(|gamma/sigma_hat| * W_k)."""
+    w = conv.weight.detach().double()
+    co = w.shape[0]
+    spectral = torch.linalg.matrix_norm(w.reshape(co, w.shape[1], -1), ord=2)
+    if bn is None:
+        return spectral
+    # BN epsilon included: without it a dead channel (variance ~ 0) gets a huge UCLC and is always flagged.
+    sigma_hat = torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(sigma_hat)
+    return spectral * (gamma / sigma_hat).abs()
+
+
+@register_scorer("clp", "Channel Lipschitzness (data-free): flags channels with outsized UCLC per layer", ClpConfig)
+class ClpScorer:
+    needs_data: ClassVar[bool] = False
+
+    def __init__(self, cfg: ClpConfig):
+        self.cfg = cfg
+
+    def score(self, model: nn.Module, data: object | None = None) -> ChannelScores:
+        modules = dict(model.named_modules())
+        layers: dict[str, LayerScores] = {}
+        for name, pair in pair_convs_with_bns(model).items():
+            conv = modules[name]
+            if conv.groups != 1 and conv.groups != conv.in_channels:
+                continue  # grouped (not depthwise) convs: UCLC per group is not defined by the method
+            raw = uclc(conv, modules[pair.bn] if pair.bn else None)
+            z = (raw - raw.mean()) / raw.std().clamp_min(1e-12)  # unbiased std, as the reference
+            flag = z > self.cfg.u
+            if raw.numel() < self.cfg.min_channels:
+                flag = torch.zeros_like(flag)
+            layers[name] = LayerScores(score=z.float(), flag=flag, raw=raw.float())
+        return ChannelScores(method="clp", layers=layers)

@@ -1,0 +1,44 @@
+"""Ingest: the suspect model (safely) and the data sets, checked against the model's input contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..artifacts import InputContract, ModelArtifact
+from ..config import PipelineConfig
+from ..data import ImageSet, load_images, stratified_split
+from ..errors import DataError
+from ..models.loading import load_model
+
+
+@dataclass(frozen=True)
+class Inputs:
+    model: ModelArtifact
+    clean: ImageSet
+    tune: ImageSet  # the part stages learn and choose on
+    heldout: ImageSet  # stopping rules and checks only
+    test: ImageSet | None  # read only for the final report
+
+
+def run(cfg: PipelineConfig) -> Inputs:
+    m = cfg.model
+    contract = None
+    if m.input is not None:
+        n = m.num_classes or (len(m.input.labels) if m.input.labels else None)
+        if n is None:
+            raise DataError("model.input needs labels (or set model.num_classes) for a bare weights file")
+        labels = tuple(m.input.labels or [str(i) for i in range(n)])
+        contract = InputContract(tuple(m.input.size), tuple(m.input.mean), tuple(m.input.std), labels,
+                                 m.input.pixel_scale)
+    art = load_model(m.path, m.architecture, m.model_args, m.num_classes, contract)
+    c = cfg.data.clean
+    clean = load_images(c.path, art.contract, "data.clean", c.limit, cfg.seed)
+    missing = sorted(set(range(art.contract.num_classes)) - set(clean.y.tolist()))
+    if missing:
+        names = [art.contract.labels[i] for i in missing]
+        raise DataError(f"data.clean ({c.path}) has no images of class(es) {names}; the defender's set needs every class")
+    tune, heldout = stratified_split(clean, c.heldout_fraction, c.split_seed)
+    test = None
+    if cfg.data.test is not None:
+        test = load_images(cfg.data.test.path, art.contract, "data.test", cfg.data.test.limit, cfg.seed)
+    return Inputs(art, clean, tune, heldout, test)

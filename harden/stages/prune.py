@@ -1,0 +1,215 @@
+"""Physical channel removal with torch-pruning (algorithms.md §0.1). The only module that imports torch_pruning.
+
+Plan, in original channel indices, per coupled group (torch-pruning's unit of removal):
+- free group (one producing conv): a flagged channel is removed physically;
+- coupled group (a residual stream): removed stream-wide when at least ``quorum`` of its producers are flagged at
+  that index (or always, with ``coupled: remove``); otherwise each flagged producer's branch is zeroed in place;
+- removal sets are rounded so each remaining width is a multiple of ``round_to``, by adding the next most suspect
+  channels, or, where that would cost more than ``max_round_extra`` of the width, by removing fewer and silencing
+  the remainder in place (a silenced channel outputs exactly 0, the same as the reference methods).
+Everything is first applied as a mask on a copy; the physically pruned model must match it to ``atol``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from ..artifacts import ChannelScores, ModelArtifact, PruneResult
+from ..config import PruneStage
+from ..errors import StageError
+from ..models.surgery import pair_convs_with_bns
+
+
+@dataclass
+class _Group:
+    root: str
+    width: int
+    members: list[str]  # out-channel convs of the group (the producers)
+    items: list[tuple[str, list[int]]]  # every out-channel module of the group with its idxs (aligned with root)
+
+
+@dataclass
+class _Plan:
+    remove: dict[str, list[int]] = field(default_factory=dict)  # root -> root idxs removed physically
+    silence: dict[str, list[int]] = field(default_factory=dict)  # root -> root idxs zeroed stream-wide
+    branch: dict[str, list[int]] = field(default_factory=dict)  # conv -> idxs zeroed in that branch only
+
+
+def _graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    with torch.enable_grad():  # building the graph under no_grad raises inside torch-pruning
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+
+
+def _groups(model: nn.Module, dg: tp.DependencyGraph, classifier: str) -> list[_Group]:
+    names = dg._module2name
+    out = []
+    ignored = [model.get_submodule(classifier)]
+    for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
+        items, members = [], []
+        for it in g:
+            mod = it.dep.target.module
+            if mod not in names or not dg.is_out_channel_pruning_fn(it.dep.handler):
+                continue
+            if list(it.idxs) != list(it.root_idxs):
+                raise StageError("prune", f"{names[mod]}: channel indices are remapped (concat?); not supported yet")
+            items.append((names[mod], list(it.idxs)))
+            if isinstance(mod, nn.Conv2d) and names[mod] not in members:
+                members.append(names[mod])
+        root = names[g[0].dep.target.module]
+        out.append(_Group(root, len(g[0].idxs), members, items))
+    return out
+
+
+def plan_removal(groups: list[_Group], scores: ChannelScores, cfg: PruneStage) -> _Plan:
+    plan = _Plan()
+    for grp in groups:
+        scored = [m for m in grp.members if m in scores.layers]
+        if not scored:
+            continue
+        flags = torch.stack([scores.layers[m].flag for m in scored]).bool()  # members x C
+        group_score = torch.stack([scores.layers[m].score for m in scored]).max(0).values
+        share = flags.float().mean(0)
+        if len(grp.members) == 1 or cfg.coupled == "remove":
+            remove = flags.any(0)
+        else:
+            remove = share >= cfg.quorum
+        cap = int(math.floor(cfg.max_layer_fraction * grp.width))
+        removal = _top(remove, group_score, cap)
+        keep_silenced: list[int] = []
+        if removal:
+            removal, keep_silenced = _round(removal, group_score, grp.width, cfg)
+        if removal:
+            plan.remove[grp.root] = removal
+        if keep_silenced:
+            plan.silence[grp.root] = keep_silenced
+        if len(grp.members) == 1 or cfg.coupled == "remove":
+            continue
+        gone = set(removal) | set(keep_silenced)
+        for row, member in enumerate(scored):
+            idx = [int(i) for i in torch.nonzero(flags[row]).flatten() if int(i) not in gone]
+            idx = _top(torch.isin(torch.arange(grp.width), torch.tensor(idx, dtype=torch.long)),
+                       scores.layers[member].score, cap)
+            if idx:
+                plan.branch[member] = idx
+    return plan
+
+
+def _top(mask: torch.Tensor, score: torch.Tensor, cap: int) -> list[int]:
+    idx = torch.nonzero(mask).flatten()
+    if len(idx) > cap:
+        idx = idx[torch.argsort(score[idx], descending=True)[:cap]]
+    return sorted(int(i) for i in idx)
+
+
+def _round(removal: list[int], score: torch.Tensor, width: int, cfg: PruneStage) -> tuple[list[int], list[int]]:
+    """Return (physically removed, silenced in place) so that width - removed is a multiple of round_to."""
+    step = cfg.round_to
+    left = width - len(removal)
+    if step <= 1 or left % step == 0:
+        return removal, []
+    down = (left // step) * step  # remaining width if we remove more
+    extra = left - down
+    if down >= step and extra <= cfg.max_round_extra * width:
+        rest = [i for i in torch.argsort(score, descending=True).tolist() if i not in set(removal)]
+        return sorted(removal + rest[:extra]), []
+    up = min(width, down + step)  # remaining width if we remove fewer; the rest is silenced in place
+    n_remove = width - up
+    ranked = sorted(removal, key=lambda i: -float(score[i]))
+    return sorted(ranked[:n_remove]), sorted(ranked[n_remove:])
+
+
+def _zero(model: nn.Module, name: str, idxs: list[int]) -> None:
+    mod = model.get_submodule(name)
+    with torch.no_grad():
+        for p in mod.parameters(recurse=False):
+            p[idxs] = 0
+
+
+def _zero_targets(groups: list[_Group], plan: _Plan, pairs: dict) -> dict[str, set[int]]:
+    """Every (module, idxs) whose output-channel parameters are set to 0, in original indices."""
+    by_root = {g.root: g for g in groups}
+    targets: dict[str, set[int]] = defaultdict(set)
+    for root, idxs in list(plan.remove.items()) + list(plan.silence.items()):
+        for name, _ in by_root[root].items:
+            targets[name].update(idxs)
+    for conv, idxs in plan.branch.items():
+        targets[conv].update(idxs)
+        pair = pairs.get(conv)
+        if pair and pair.bn and not pair.through_add:  # the conv's own BN: zero it too, or it emits beta - gamma*mu/sigma
+            targets[pair.bn].update(idxs)
+    return targets
+
+
+class ZeroMask:
+    """Training hook: keeps silenced channels at exactly 0 through fine-tuning (they must stay gone)."""
+
+    def __init__(self, zeroed: dict[str, list[int]]):
+        self.zeroed = zeroed
+
+    def after_step(self, model: nn.Module) -> None:
+        for name, idxs in self.zeroed.items():
+            _zero(model, name, idxs)
+
+
+def count(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    return int(macs), int(params)
+
+
+def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torch.device) -> tuple[ModelArtifact, PruneResult]:
+    """Remove the planned channels physically and return the smaller model with its replayable history."""
+    example = torch.randn(2, *art.contract.input_size, generator=torch.Generator().manual_seed(0))
+    original = copy.deepcopy(art.model).cpu().eval()
+    macs_before, params_before = count(original, example[:1])
+    groups = _groups(original, _graph(original, example[:1]), art.classifier)
+    plan = plan_removal(groups, scores, cfg)
+    targets = _zero_targets(groups, plan, pair_convs_with_bns(original))
+
+    masked = copy.deepcopy(original)
+    for name, idxs in targets.items():
+        _zero(masked, name, sorted(idxs))
+    pruned = copy.deepcopy(masked)
+    dg = _graph(pruned, example[:1])
+    removed_by_module: dict[str, set[int]] = defaultdict(set)
+    by_root = {g.root: g for g in groups}
+    for root, idxs in plan.remove.items():
+        group = dg.get_pruning_group(pruned.get_submodule(root), tp.prune_conv_out_channels, idxs=idxs)
+        if not dg.check_pruning_group(group):
+            raise StageError("prune", f"removing {len(idxs)} channels of {root} would empty a layer")
+        group.prune()
+        for name, _ in by_root[root].items:
+            removed_by_module[name].update(idxs)
+    # Indices of in-place zeros, shifted past the removed channels of the same module.
+    zeroed = {}
+    for name, idxs in targets.items():
+        gone = sorted(removed_by_module.get(name, ()))
+        kept = [i - sum(1 for r in gone if r < i) for i in sorted(idxs) if i not in set(gone)]
+        if kept:
+            zeroed[name] = kept
+
+    with torch.inference_mode():
+        diff = float((masked(example) - pruned(example)).abs().max())
+    if not diff <= cfg.atol:
+        raise StageError("prune", f"pruned model differs from the masked model by {diff:.2e} > atol {cfg.atol:.0e}; "
+                                  "this is a graph-pairing bug in harden, please report it with the model")
+    macs_after, params_after = count(pruned, example[:1])
+    result = PruneResult(
+        removed=plan.remove,
+        zeroed=zeroed,
+        history=dg.pruning_history(),
+        params_before=params_before,
+        params_after=params_after,
+        macs_before=macs_before,
+        macs_after=macs_after,
+        max_abs_diff_vs_masked=diff,
+    )
+    out = copy.copy(art)
+    out.model = pruned.to(device).eval()
+    return out, result

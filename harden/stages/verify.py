@@ -1,0 +1,22 @@
+"""Verify: clean accuracy and ASR on the triggers the YAML names, before and after. Report and gate only:
+nothing here feeds back into a decision."""
+
+from __future__ import annotations
+
+from ..artifacts import VerifyReport
+from ..attacks import build_trigger
+from ..config import VerifyStage
+from ..data import ImageSet
+from ..evaluate import Predictor, accuracy, attack_metrics
+
+
+def run(cfg: VerifyStage, before: Predictor, after: Predictor, after_kind: str, test: ImageSet) -> VerifyReport:
+    bs = cfg.batch_size
+    acc_b = accuracy(before, test, bs, "clean accuracy (before)")
+    acc_a = accuracy(after, test, bs, "clean accuracy (after)")
+    asr_b, asr_a, robust = {}, {}, {}
+    for name, tcfg in cfg.triggers.items():
+        trig = build_trigger(tcfg)
+        asr_b[name], _ = attack_metrics(before, test, trig, tcfg.target, bs, f"ASR {name} (before)")
+        asr_a[name], robust[name] = attack_metrics(after, test, trig, tcfg.target, bs, f"ASR {name} (after)")
+    return VerifyReport(acc_b, acc_a, asr_b, asr_a, robust, after_kind, len(test))

@@ -1,0 +1,131 @@
+"""The one training loop. Methods add loss terms and post-step actions through hooks, never by copying the loop."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .artifacts import InputContract
+from .data import ImageSet
+from .progress import track
+
+
+class TrainHook(Protocol):
+    """Optional callbacks; implement only what you need (missing methods are skipped)."""
+
+    def extra_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor: ...
+
+    def after_step(self, model: nn.Module) -> None: ...
+
+
+@dataclass
+class TrainSettings:
+    epochs: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    patience: int = 4
+    augment: bool = True
+    max_steps: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class TrainOutcome:
+    model: nn.Module
+    epochs_run: int
+    best_epoch: int
+    best_score: float
+    start_score: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip, per image, on a raw [0, 1] batch."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)
+    out = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def train(
+    model: nn.Module,
+    tune: ImageSet,
+    contract: InputContract,
+    settings: TrainSettings,
+    evaluate: Callable[[nn.Module], float],
+    device: torch.device,
+    hooks: list[object] = (),  # type: ignore[assignment]
+    label: str = "fine-tune",
+) -> TrainOutcome:
+    """SGD + cosine on ``tune``; after each epoch ``evaluate`` (held-out score, higher is better) picks the best
+    checkpoint and stops early after ``patience`` epochs without improvement. Trains a copy; returns the best one."""
+    model = copy.deepcopy(model).to(device)  # never train the caller's model: "before" must stay the source
+    gen = torch.Generator().manual_seed(settings.seed)
+    steps_per_epoch = math.ceil(len(tune) / settings.batch_size)
+    total = settings.epochs * steps_per_epoch
+    if settings.max_steps is not None:
+        total = min(total, settings.max_steps)
+    # The optimizer is created here, after any pruning, because pruning replaces parameter objects.
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                          weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
+    # The best checkpoint is chosen among fine-tuned epochs only: fine-tuning is also what overwrites backdoor
+    # behaviour, so returning the untouched start because it scored equally would defeat the stage.
+    start, best = evaluate(model), -math.inf
+    best_state, best_epoch, stale, step = copy.deepcopy(model.state_dict()), 0, 0, 0
+    history: list[dict[str, float]] = []
+    epoch = 0
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        order = torch.randperm(len(tune), generator=gen).numpy()
+        losses = []
+        for b in track(range(steps_per_epoch), f"{label} epoch {epoch}/{settings.epochs}"):
+            idx = np.sort(order[b * settings.batch_size:(b + 1) * settings.batch_size])
+            x = tune.batch01(idx, device)
+            if settings.augment:
+                x = augment_batch(x, gen)
+            y = torch.from_numpy(tune.y[idx]).to(device)
+            logits = model(contract.normalize(x))
+            loss = F.cross_entropy(logits, y)
+            for hook in hooks:
+                if hasattr(hook, "extra_loss"):
+                    loss = loss + hook.extra_loss(model, x, y, logits)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            for hook in hooks:
+                if hasattr(hook, "after_step"):
+                    hook.after_step(model)
+            losses.append(float(loss.detach()))
+            step += 1
+            if step >= total:
+                break
+        score = evaluate(model)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "heldout_acc": score})
+        if score > best:
+            best, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        if stale >= settings.patience or step >= total:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainOutcome(model, epoch, best_epoch, best, start, history)

@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+
+from harden.config import PipelineConfig, load_pipeline
+from harden.errors import ConfigError
+from harden.scorers import SCORERS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_yaml_loads_and_resolves_paths(tiny_workspace):
+    cfg = load_pipeline(tiny_workspace / "pipeline.yaml")
+    assert cfg.model.path == tiny_workspace / "model"
+    assert cfg.data.clean.path.is_absolute() and cfg.data.clean.path.exists()
+    assert cfg.stages.score.methods.clp.u == 1.0
+
+
+def test_three_mistakes_reported_at_once_with_key_paths(tiny_workspace):
+    bad = tiny_workspace / "bad.yaml"
+    text = (tiny_workspace / "pipeline.yaml").read_text()
+    text = text.replace("seed: 0", "seed: zero").replace("epochs: 2", "epocs: 2").replace("u: 1.0", "u: -1")
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(bad)
+    keys = [k for k, _ in err.value.problems]
+    assert keys == ["seed", "stages.score.methods.clp.u", "stages.finetune.epocs"] or sorted(keys) == sorted(
+        ["seed", "stages.score.methods.clp.u", "stages.finetune.epocs"])
+    msg = str(err.value)
+    assert str(bad) in msg and "did you mean 'epochs'" in msg
+
+
+def test_missing_files_are_listed_with_their_keys(tiny_workspace):
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(tiny_workspace / "pipeline.yaml", ["model.path=nope", "data.test.path=missing.npz"],
+                      cwd=tiny_workspace)
+    assert {k for k, _ in err.value.problems} == {"model.path", "data.test.path"}
+
+
+def test_env_interpolation_with_default_and_missing(tiny_workspace, monkeypatch):
+    y = tiny_workspace / "env.yaml"
+    y.write_text((tiny_workspace / "pipeline.yaml").read_text()
+                 .replace("path: model", "path: ${TINY_MODEL_DIR}")
+                 .replace("path: test.npz", "path: '${NOT_SET_ANYWHERE:-test.npz}'"))
+    monkeypatch.setenv("TINY_MODEL_DIR", str(tiny_workspace / "model"))
+    cfg = load_pipeline(y)
+    assert cfg.model.path == tiny_workspace / "model" and cfg.data.test.path == tiny_workspace / "test.npz"
+    monkeypatch.delenv("TINY_MODEL_DIR")
+    with pytest.raises(ConfigError, match="TINY_MODEL_DIR is not set"):
+        load_pipeline(y)
+
+
+def test_set_overrides_values_and_resolves_paths_against_cwd(tiny_workspace, tmp_path_factory):
+    other = tmp_path_factory.mktemp("elsewhere")
+    (other / "clean.npz").write_bytes((tiny_workspace / "clean.npz").read_bytes())
+    cfg = load_pipeline(tiny_workspace / "pipeline.yaml",
+                        ["stages.finetune.epochs=5", "data.clean.path=clean.npz", "stages.prune.enabled=false"],
+                        cwd=other)
+    assert cfg.stages.finetune.epochs == 5 and cfg.stages.prune.enabled is False
+    assert cfg.data.clean.path == other / "clean.npz"
+
+
+def test_bad_override_syntax_is_a_config_error(tiny_workspace):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_pipeline(tiny_workspace / "pipeline.yaml", ["stages.finetune.epochs"])
+
+
+def test_unknown_scorer_name_lists_known_ones(tiny_workspace):
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(tiny_workspace / "pipeline.yaml", ["stages.score.methods.clpp={u: 2}"])
+    assert "stages.score.methods.clpp" in str(err.value) and "clp" in str(err.value)
+
+
+def test_scorer_sections_match_registry():
+    assert set(PipelineConfig.model_fields["stages"].annotation.model_fields["score"].annotation
+               .model_fields["methods"].annotation.model_fields) == set(SCORERS.names())
+
+
+def test_not_yaml_and_not_mapping(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_pipeline(p)
+    p.write_text("- a list")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_pipeline(p)
+
+
+@pytest.mark.parametrize("yaml_file", sorted((REPO / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_pipelines_validate_against_the_schema(yaml_file, monkeypatch):
+    import yaml
+
+    raw = yaml.safe_load(yaml_file.read_text())
+    PipelineConfig.model_validate(raw)  # schema only: the data paths may not exist on this machine

@@ -1,0 +1,106 @@
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from harden.errors import ModelLoadError
+from harden.models import ARCHITECTURES, create_model
+from harden.models.loading import load_model
+from harden.models.surgery import find_classifier, pair_convs_with_bns
+
+from .conftest import write_model_folder
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES.names())
+def test_every_architecture_builds_traces_and_runs(arch):
+    size = 16 if arch == "tiny_cnn" else 32
+    model = create_model(arch, 10, {"width": 8}).eval()
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 10)
+    pairs = pair_convs_with_bns(model)
+    assert pairs and all(p.bn is not None for p in pairs.values())
+    assert isinstance(model.get_submodule(find_classifier(model)), torch.nn.Linear)
+
+
+def test_torchvision_classifier_by_name():
+    model = create_model("torchvision/resnet18", 7)
+    assert find_classifier(model) == "fc" and model.fc.out_features == 7
+    with pytest.raises(ModelLoadError, match="unknown torchvision classifier"):
+        create_model("torchvision/resnet19", 7)
+
+
+def test_preact_pairs_post_add_bns_by_graph_not_registration_order():
+    pairs = pair_convs_with_bns(create_model("preact_resnet18", 10, {"width": 8}))
+    assert pairs["layer1.0.conv1"].bn == "layer1.0.bn2" and not pairs["layer1.0.conv1"].through_add
+    # conv2 feeds a residual add; the BN that reads it is the NEXT block's bn1 (registration order would say bn2)
+    assert pairs["layer1.0.conv2"].bn == "layer1.1.bn1" and pairs["layer1.0.conv2"].through_add
+    assert pairs["layer2.0.shortcut.0"].bn == "layer2.1.bn1"
+    assert pairs["layer4.1.conv2"].bn == "bn"
+    assert pairs["conv1"].bn == "layer1.0.bn1"
+
+
+def test_unknown_architecture_lists_known():
+    with pytest.raises(ModelLoadError, match="preact_resnet18"):
+        create_model("resnet1000", 10)
+
+
+def test_state_dict_for_another_architecture_lists_keys_and_shapes(tmp_path, tiny_cnn):
+    folder = write_model_folder(tmp_path / "m", tiny_cnn, width=16)  # config says width 16, weights are width 8
+    with pytest.raises(ModelLoadError) as err:
+        load_model(folder)
+    assert "shape mismatches (16)" in str(err.value) and "bn1.weight: file (8,) vs model (16,)" in str(err.value)
+    other = write_model_folder(tmp_path / "vgg", create_model("cifar_vgg11_bn", 4, {"width": 8}))
+    with pytest.raises(ModelLoadError, match="missing keys .* unexpected keys"):
+        load_model(other / "model.safetensors", "tiny_cnn", {"width": 8}, None, _contract())
+
+
+def _contract():
+    from harden.artifacts import InputContract
+
+    return InputContract((3, 16, 16), (0.5,) * 3, (0.25,) * 3, ("a", "b", "c", "d"))
+
+
+def test_weights_only_checkpoint_loads(tmp_path, tiny_cnn):
+    p = tmp_path / "w.pt"
+    torch.save(tiny_cnn.state_dict(), p)
+    art = load_model(p, "tiny_cnn", {"width": 8}, None, _contract())
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(art.model(x), tiny_cnn(x))
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):  # what a malicious checkpoint does: run code while being unpickled
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_code_carrying_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "marker"
+    p = tmp_path / "evil.pt"
+    with p.open("wb") as f:
+        pickle.dump({"conv1.weight": _Payload(str(marker))}, f)
+    with pytest.raises(ModelLoadError, match="weights_only=True"):
+        load_model(p, "tiny_cnn", {"width": 8}, None, _contract())
+    assert not marker.exists()
+
+
+def test_nan_weights_are_refused(tmp_path, tiny_cnn):
+    tiny_cnn.conv1.weight.data[0, 0, 0, 0] = float("nan")
+    folder = write_model_folder(tmp_path / "m", tiny_cnn)
+    with pytest.raises(ModelLoadError, match="NaN or Inf"):
+        load_model(folder)
+
+
+def test_bare_weights_need_architecture_and_contract(tmp_path, tiny_cnn):
+    folder = write_model_folder(tmp_path / "m", tiny_cnn)
+    with pytest.raises(ModelLoadError, match="model.architecture and model.input"):
+        load_model(folder / "model.safetensors")
+
+
+def test_corrupt_safetensors_is_a_clear_error(tmp_path):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(b"\xff" * 64)
+    with pytest.raises(ModelLoadError, match="not a readable safetensors file"):
+        load_model(p, "tiny_cnn", {"width": 8}, None, _contract())
