@@ -89,6 +89,7 @@ class FinetuneStage(StrictModel):
     batch_size: int = Field(128, ge=1)
     patience: int = Field(4, ge=1, description="epochs without held-out improvement before stopping")
     augment: bool = True
+    freeze_bn: bool = Field(True, description="keep BatchNorm running statistics fixed while fine-tuning")
     max_steps: Optional[int] = Field(None, ge=1, description="cap on optimizer steps (tests and smoke runs)")
 
 

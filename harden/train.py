@@ -36,6 +36,7 @@ class TrainSettings:
     augment: bool = True
     max_steps: int | None = None
     seed: int = 0
+    freeze_bn: bool = True
 
 
 @dataclass
@@ -61,6 +62,19 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.
     flip = torch.rand(n, generator=gen) < 0.5
     out[flip] = out[flip].flip(-1)
     return out
+
+
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """Train mode, optionally keeping BatchNorm running statistics frozen.
+
+    Re-estimating BN statistics on a small clean set was measured to bring a pruned backdoor back (zoo BadNets:
+    ASR 3.6% with frozen statistics vs 14-24% without), and small batches make the estimates noisy anyway.
+    """
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def train(
@@ -92,7 +106,7 @@ def train(
     history: list[dict[str, float]] = []
     epoch = 0
     for epoch in range(1, settings.epochs + 1):
-        model.train()
+        set_train_mode(model, settings.freeze_bn)
         order = torch.randperm(len(tune), generator=gen).numpy()
         losses = []
         for b in track(range(steps_per_epoch), f"{label} epoch {epoch}/{settings.epochs}"):

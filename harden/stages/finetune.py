@@ -15,7 +15,7 @@ def run(cfg: FinetuneStage, art: ModelArtifact, tune: ImageSet, heldout: ImageSe
         seed: int, hooks: list[object]) -> tuple[ModelArtifact, FinetuneResult]:
     settings = TrainSettings(
         epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-        patience=cfg.patience, augment=cfg.augment, max_steps=cfg.max_steps, seed=seed,
+        patience=cfg.patience, augment=cfg.augment, max_steps=cfg.max_steps, seed=seed, freeze_bn=cfg.freeze_bn,
     )
 
     def heldout_acc(model: torch.nn.Module) -> float:

@@ -1,0 +1,72 @@
+import copy
+
+import numpy as np
+import torch
+
+from harden.artifacts import InputContract
+from harden.data.sources import ImageSet
+from harden.evaluate import accuracy, torch_predictor
+from harden.train import TrainSettings, augment_batch, train
+
+from .conftest import synthetic_images
+
+C = InputContract((3, 16, 16), (0.5,) * 3, (0.25,) * 3, ("a", "b", "c", "d"))
+
+
+def _sets():
+    x, y = synthetic_images(256, 0)
+    xt, yt = synthetic_images(64, 1)
+    return ImageSet(x, y, "tune", "0"), ImageSet(xt, yt, "held", "1")
+
+
+class Recorder:
+    def __init__(self):
+        self.losses, self.steps = 0, 0
+
+    def extra_loss(self, model, x, y, logits):
+        self.losses += 1
+        return 0.0 * logits.sum()
+
+    def after_step(self, model):
+        self.steps += 1
+
+
+def test_training_learns_uses_hooks_and_leaves_the_input_untouched(tiny_cnn):
+    tune, held = _sets()
+    before = copy.deepcopy(tiny_cnn.state_dict())
+    evaluate = lambda m: accuracy(torch_predictor(m, C, torch.device("cpu")), held, 64)  # noqa: E731
+    rec = Recorder()
+    out = train(tiny_cnn, tune, C, TrainSettings(epochs=3, lr=0.05, batch_size=32, freeze_bn=False, patience=3),
+                evaluate, torch.device("cpu"), [rec])
+    assert all(torch.equal(before[k], v) for k, v in tiny_cnn.state_dict().items())
+    assert out.best_score > out.start_score and out.best_score >= 0.9
+    assert rec.losses == rec.steps == 3 * 8 and out.epochs_run == 3
+    assert out.best_score == max(h["heldout_acc"] for h in out.history)
+
+
+def test_frozen_bn_statistics_do_not_move(tiny_cnn):
+    tune, held = _sets()
+    out = train(tiny_cnn, tune, C, TrainSettings(epochs=1, lr=0.05, batch_size=32, freeze_bn=True),
+                lambda m: 0.0, torch.device("cpu"))
+    assert torch.equal(out.model.bn1.running_mean, tiny_cnn.bn1.running_mean)
+    assert not torch.equal(out.model.conv1.weight, tiny_cnn.conv1.weight)
+
+
+def test_max_steps_caps_training(tiny_cnn):
+    tune, held = _sets()
+    rec = Recorder()
+    train(tiny_cnn, tune, C, TrainSettings(epochs=5, lr=0.01, batch_size=32, max_steps=3), lambda m: 0.0,
+          torch.device("cpu"), [rec])
+    assert rec.steps == 3
+
+
+def test_augment_is_a_crop_and_flip_of_the_input():
+    x = torch.rand(6, 3, 16, 16)
+    out = augment_batch(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    same = augment_batch(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, same)
+    # every output pixel value comes from the image or the zero padding
+    for i in range(6):
+        vals = set(np.round(x[i].numpy().ravel(), 6)) | {0.0}
+        assert set(np.round(out[i].numpy().ravel(), 6)) <= vals
