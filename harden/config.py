@@ -66,8 +66,20 @@ class ScoreStage(StrictModel):
     methods: ScorerMethods = Field(default_factory=lambda: ScorerMethods(clp={}))  # type: ignore[call-arg]
 
 
+class SelectPolicy(StrictModel):
+    """How many channels to prune, chosen on the tune split of the defender's clean data."""
+
+    policy: Literal["flags", "accuracy_guard"] = Field(
+        "accuracy_guard", description="flags: the scorer's own decision; accuracy_guard: search thresholds"
+    )
+    thresholds: list[float] = Field(default_factory=lambda: [3.0, 2.75, 2.5, 2.25, 2.0], min_length=1,
+                                    description="candidate score thresholds (CLP: z-scores), flag = score > t")
+    max_relative_drop: float = Field(0.10, gt=0, lt=1, description="largest relative tune-accuracy drop, before repair")
+
+
 class PruneStage(StrictModel):
     enabled: bool = True
+    select: SelectPolicy = Field(default_factory=SelectPolicy)
     coupled: Literal["branch_zero", "remove"] = Field(
         "branch_zero", description="flagged channels in a residual group: zero that branch, or remove stream-wide"
     )
@@ -83,13 +95,16 @@ class PruneStage(StrictModel):
 class FinetuneStage(StrictModel):
     enabled: bool = True
     epochs: int = Field(10, ge=1)
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.005, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     batch_size: int = Field(128, ge=1)
     patience: int = Field(4, ge=1, description="epochs without held-out improvement before stopping")
     augment: bool = True
     freeze_bn: bool = Field(True, description="keep BatchNorm running statistics fixed while fine-tuning")
+    distill_weight: float = Field(0.5, ge=0, description="weight of distillation from the suspect model on clean "
+                                  "images (0: off); restores clean accuracy lost to pruning")
+    distill_temperature: float = Field(2.0, gt=0)
     max_steps: Optional[int] = Field(None, ge=1, description="cap on optimizer steps (tests and smoke runs)")
 
 

@@ -22,7 +22,7 @@ from .context import RunContext, resolve_device
 from .evaluate import accuracy, onnx_predictor, torch_predictor
 from .lineage import MlflowTracker, NullTracker, Tracker, atomic_write_bytes, default_tracking_uri
 from .progress import console
-from .stages import export, finetune, ingest, prune, score, verify
+from .stages import export, finetune, ingest, prune, score, select, verify
 
 
 @dataclass
@@ -116,15 +116,23 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
 
         if st.prune.enabled and scores is not None:
             with stage("prune"):
-                current, pr = prune.run(st.prune, current, scores, ctx.device)
+                prep = prune.prepare(current)
+                chosen = select.run(st.prune, current, scores, inp.tune, prep, ctx.device)
+                scores = chosen.scores
+                for i, row in enumerate(chosen.trace):
+                    ctx.tracker.log_metrics({"select_tune_acc": row["tune_acc"], "select_flagged": row["flagged"]},
+                                            step=i)
+                current, pr = prune.run(st.prune, current, scores, ctx.device, prep)
                 hooks.append(prune.ZeroMask(pr.zeroed))
-                _write_json(out_dir / "pruning.json", {"removed": pr.removed, "zeroed": pr.zeroed,
+                _write_json(out_dir / "pruning.json", {"threshold": chosen.threshold, "selection": chosen.trace,
+                                                       "removed": pr.removed, "zeroed": pr.zeroed,
                                                        "history": pr.history})
                 ctx.tracker.log_file(out_dir / "pruning.json", "prune")
                 ctx.tracker.log_metrics({"params_before": pr.params_before, "params_after": pr.params_after,
                                          "macs_before": pr.macs_before, "macs_after": pr.macs_after,
                                          "max_abs_diff_vs_masked": pr.max_abs_diff_vs_masked})
-            report["prune"] = {"removed": sum(map(len, pr.removed.values())),
+            report["prune"] = {"threshold": chosen.threshold, "flagged": scores.num_flagged(),
+                               "selection": chosen.trace, "removed": sum(map(len, pr.removed.values())),
                                "zeroed": sum(map(len, pr.zeroed.values())),
                                "max_abs_diff_vs_masked": pr.max_abs_diff_vs_masked}
             report["params"] = {"before": pr.params_before, "after": pr.params_after}
@@ -137,7 +145,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
 
         if st.finetune.enabled:
             with stage("finetune"):
-                current, ft = finetune.run(st.finetune, current, inp.tune, inp.heldout, ctx.device, cfg.seed, hooks)
+                current, ft = finetune.run(st.finetune, current, src.model, inp.tune, inp.heldout, ctx.device,
+                                           cfg.seed, hooks)
                 for row in ft.history:
                     ctx.tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]},
                                             step=int(row["epoch"]))

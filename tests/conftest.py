@@ -85,7 +85,7 @@ data:
   test: {path: test.npz}
 stages:
   score: {methods: {clp: {u: 1.0}}}
-  prune: {round_to: 8, max_round_extra: 0.5}
+  prune: {round_to: 8, max_round_extra: 0.5, select: {policy: flags}}
   finetune: {epochs: 2, batch_size: 32, lr: 0.01}
   export: {atol: 1.0e-4}
   verify:
@@ -93,3 +93,18 @@ stages:
       patch: {kind: patch, target: 0, size: 3}
 tracking: {experiment: smoke}
 """
+
+
+@pytest.fixture(scope="session")
+def trained_tiny() -> torch.nn.Module:
+    """tiny_cnn trained to >90% on the synthetic task, so pruning has accuracy to lose."""
+    from harden.artifacts import InputContract
+    from harden.data.sources import ImageSet
+    from harden.train import TrainSettings, train
+
+    torch.manual_seed(0)
+    x, y = synthetic_images(256, 0)
+    contract = InputContract((3, 16, 16), (0.5,) * 3, (0.25,) * 3, tuple(TINY_CLASSES))
+    out = train(create_model("tiny_cnn", 4, {"width": 8}), ImageSet(x, y, "t", "0"), contract,
+                TrainSettings(epochs=3, lr=0.05, batch_size=32, freeze_bn=False), lambda m: 0.0, torch.device("cpu"))
+    return out.model.eval()

@@ -51,13 +51,13 @@ CASES = [
 def test_pruning_equals_group_masking(arch, flagged, coupled):
     model = _randomize_bn(create_model(arch, 10, {"width": 16}))
     art = _artifact(model)
+    n_params = sum(p.numel() for p in model.parameters())
     out, res = prune.run(PruneStage(coupled=coupled, round_to=1), art, _scores(model, flagged), torch.device("cpu"))
     assert res.max_abs_diff_vs_masked <= 1e-4
     assert res.params_after < res.params_before
     x = torch.randn(4, 3, 32, 32)
     assert out.model(x).shape == (4, 10)  # the classifier keeps its classes
-    assert art.model is model and all(m.weight.shape[0] == 16 for m in [model.get_submodule(n) for n in ("conv1",)]
-                                      if hasattr(model, "conv1")) or arch == "cifar_vgg11_bn"  # source untouched
+    assert sum(p.numel() for p in model.parameters()) == n_params  # the source model is untouched
 
 
 def test_physical_removal_matches_manual_group_mask_on_preact():

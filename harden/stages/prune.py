@@ -163,18 +163,41 @@ def count(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torch.device) -> tuple[ModelArtifact, PruneResult]:
-    """Remove the planned channels physically and return the smaller model with its replayable history."""
+@dataclass
+class Prepared:
+    """The source model copy and its coupled groups, computed once and shared by selection and removal."""
+
+    original: nn.Module
+    groups: list[_Group]
+    pairs: dict
+    example: torch.Tensor
+
+
+def prepare(art: ModelArtifact) -> Prepared:
     example = torch.randn(2, *art.contract.input_size, generator=torch.Generator().manual_seed(0))
     original = copy.deepcopy(art.model).cpu().eval()
-    macs_before, params_before = count(original, example[:1])
     groups = _groups(original, _graph(original, example[:1]), art.classifier)
-    plan = plan_removal(groups, scores, cfg)
-    targets = _zero_targets(groups, plan, pair_convs_with_bns(original))
+    return Prepared(original, groups, pair_convs_with_bns(original), example)
 
-    masked = copy.deepcopy(original)
+
+def masked_model(prep: Prepared, scores: ChannelScores, cfg: PruneStage) -> tuple[nn.Module, _Plan, dict]:
+    """A copy of the source with every planned channel silenced in place: what pruning must equal."""
+    plan = plan_removal(prep.groups, scores, cfg)
+    targets = _zero_targets(prep.groups, plan, prep.pairs)
+    masked = copy.deepcopy(prep.original)
     for name, idxs in targets.items():
         _zero(masked, name, sorted(idxs))
+    return masked, plan, targets
+
+
+def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torch.device,
+        prep: Prepared | None = None) -> tuple[ModelArtifact, PruneResult]:
+    """Remove the planned channels physically and return the smaller model with its replayable history."""
+    prep = prep or prepare(art)
+    example = prep.example
+    macs_before, params_before = count(prep.original, example[:1])
+    masked, plan, targets = masked_model(prep, scores, cfg)
+    groups = prep.groups
     pruned = copy.deepcopy(masked)
     dg = _graph(pruned, example[:1])
     removed_by_module: dict[str, set[int]] = defaultdict(set)

@@ -1,0 +1,55 @@
+"""Choose how much to prune from the defender's clean data alone (never the test set, triggers or target label).
+
+``accuracy_guard`` re-thresholds the scorer's scores at each candidate (least pruning first) and keeps the most
+aggressive candidate whose masked model keeps at least ``1 - max_relative_drop`` of the unpruned model's accuracy
+on the *tune* split (the held-out split stays untouched for early stopping and the final check). The masked model
+is exactly what physical pruning will produce, so no candidate needs pruning or training to be judged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..artifacts import ChannelScores, ModelArtifact
+from ..config import PruneStage
+from ..data import ImageSet
+from ..evaluate import accuracy, torch_predictor
+from .prune import Prepared, masked_model
+
+
+@dataclass(frozen=True)
+class Selection:
+    scores: ChannelScores  # flags set by the chosen threshold
+    threshold: float | None  # None: the scorer's own flags were used
+    trace: list[dict[str, float]]  # every candidate tried: threshold, flagged, tune accuracy, relative drop
+
+
+def rethreshold(scores: ChannelScores, t: float) -> ChannelScores:
+    layers = {n: replace(s, flag=s.score > t) for n, s in scores.layers.items()}
+    return ChannelScores(scores.method, layers)
+
+
+def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageSet, prep: Prepared,
+        device: torch.device) -> Selection:
+    sel = cfg.select
+    if sel.policy == "flags":
+        return Selection(scores, None, [])
+    contract = art.contract
+    base = accuracy(torch_predictor(prep.original, contract, device), tune, label="tune accuracy (unpruned)")
+    trace: list[dict[str, float]] = []
+    chosen = None
+    for t in sorted(sel.thresholds, reverse=True):  # least pruning first
+        candidate = rethreshold(scores, t)
+        masked, _, _ = masked_model(prep, candidate, cfg)
+        acc = accuracy(torch_predictor(masked, contract, device), tune, label=f"tune accuracy (threshold {t:g})")
+        drop = (base - acc) / max(base, 1e-12)
+        trace.append({"threshold": t, "flagged": candidate.num_flagged(), "tune_acc": acc, "relative_drop": drop})
+        if drop <= sel.max_relative_drop:
+            chosen = (t, candidate)
+    if chosen is None:  # even the mildest candidate costs too much accuracy: prune nothing rather than break the model
+        empty = ChannelScores(scores.method, {n: replace(s, flag=torch.zeros_like(s.flag))
+                                              for n, s in scores.layers.items()})
+        return Selection(empty, None, trace)
+    return Selection(chosen[1], chosen[0], trace)
