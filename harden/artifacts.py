@@ -106,6 +106,7 @@ class FinetuneResult:
     best_heldout_acc: float
     heldout_acc_before: float
     history: list[dict[str, float]] = field(default_factory=list)
+    diverged: bool = False
 
 
 @dataclass(frozen=True)

@@ -94,17 +94,18 @@ class PruneStage(StrictModel):
 
 class FinetuneStage(StrictModel):
     enabled: bool = True
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(15, ge=1)
     lr: float = Field(0.005, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     batch_size: int = Field(128, ge=1)
-    patience: int = Field(4, ge=1, description="epochs without held-out improvement before stopping")
+    patience: int = Field(6, ge=1, description="epochs without held-out improvement before stopping")
     augment: bool = True
     freeze_bn: bool = Field(True, description="keep BatchNorm running statistics fixed while fine-tuning")
-    distill_weight: float = Field(0.5, ge=0, description="weight of distillation from the suspect model on clean "
+    distill_weight: float = Field(1.0, ge=0, description="weight of distillation from the suspect model on clean "
                                   "images (0: off); restores clean accuracy lost to pruning")
     distill_temperature: float = Field(2.0, gt=0)
+    clip_grad_norm: Optional[float] = Field(5.0, gt=0, description="gradient-norm clipping (null: off)")
     max_steps: Optional[int] = Field(None, ge=1, description="cap on optimizer steps (tests and smoke runs)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import re
@@ -150,7 +151,9 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                 for row in ft.history:
                     ctx.tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]},
                                             step=int(row["epoch"]))
-            report["finetune"] = {"epochs_run": ft.epochs_run, "best_epoch": ft.best_epoch,
+            if ft.diverged:
+                console.print("[yellow]fine-tuning diverged (held-out accuracy fell); kept the model from before it[/]")
+            report["finetune"] = {"epochs_run": ft.epochs_run, "best_epoch": ft.best_epoch, "diverged": ft.diverged,
                                   "heldout_acc_start": ft.heldout_acc_before, "heldout_acc_best": ft.best_heldout_acc}
 
         _save_weights(out_dir / "hardened.safetensors", current.model)
@@ -203,8 +206,6 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
 
 
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
     return copy.deepcopy(model).eval()
 
 

@@ -37,6 +37,8 @@ class TrainSettings:
     max_steps: int | None = None
     seed: int = 0
     freeze_bn: bool = True
+    clip_grad_norm: float | None = 5.0
+    max_regression: float = 0.05  # best fine-tuned score this far below the start means training diverged
 
 
 @dataclass
@@ -47,6 +49,7 @@ class TrainOutcome:
     best_score: float
     start_score: float
     history: list[dict[str, float]] = field(default_factory=list)
+    diverged: bool = False  # True: every fine-tuned epoch scored far below the start; the start model is returned
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -102,7 +105,8 @@ def train(
     # The best checkpoint is chosen among fine-tuned epochs only: fine-tuning is also what overwrites backdoor
     # behaviour, so returning the untouched start because it scored equally would defeat the stage.
     start, best = evaluate(model), -math.inf
-    best_state, best_epoch, stale, step = copy.deepcopy(model.state_dict()), 0, 0, 0
+    start_state = copy.deepcopy(model.state_dict())
+    best_state, best_epoch, stale, step = start_state, 0, 0, 0
     history: list[dict[str, float]] = []
     epoch = 0
     for epoch in range(1, settings.epochs + 1):
@@ -122,6 +126,8 @@ def train(
                     loss = loss + hook.extra_loss(model, x, y, logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if settings.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm)
             opt.step()
             sched.step()
             for hook in hooks:
@@ -140,6 +146,9 @@ def train(
             stale += 1
         if stale >= settings.patience or step >= total:
             break
+    diverged = best < start - settings.max_regression
+    if diverged:  # never hand on a model that training broke; the caller reports it
+        best_state, best_epoch, best = start_state, 0, start
     model.load_state_dict(best_state)
     model.eval()
-    return TrainOutcome(model, epoch, best_epoch, best, start, history)
+    return TrainOutcome(model, epoch, best_epoch, best, start, history, diverged)

@@ -70,3 +70,15 @@ def test_augment_is_a_crop_and_flip_of_the_input():
     for i in range(6):
         vals = set(np.round(x[i].numpy().ravel(), 6)) | {0.0}
         assert set(np.round(out[i].numpy().ravel(), 6)) <= vals
+
+
+def test_diverged_training_hands_back_the_start_model(trained_tiny):
+    tune, held = _sets()
+    evaluate = lambda m: accuracy(torch_predictor(m, C, torch.device("cpu")), held, 64)  # noqa: E731
+    out = train(trained_tiny, tune, C, TrainSettings(epochs=1, lr=1e4, batch_size=32, clip_grad_norm=None,
+                                                    momentum=0.0, weight_decay=0.0),
+                evaluate, torch.device("cpu"))
+    assert out.diverged and out.best_epoch == 0
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(out.model(C.normalize(x)), trained_tiny(C.normalize(x)))

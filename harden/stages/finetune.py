@@ -42,6 +42,7 @@ def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageS
     settings = TrainSettings(
         epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
         patience=cfg.patience, augment=cfg.augment, max_steps=cfg.max_steps, seed=seed, freeze_bn=cfg.freeze_bn,
+        clip_grad_norm=cfg.clip_grad_norm,
     )
     if cfg.distill_weight > 0:
         hooks = [*hooks, Distill(teacher, art.contract, cfg.distill_weight, cfg.distill_temperature)]
@@ -52,4 +53,4 @@ def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageS
     outcome = train(art.model, tune, art.contract, settings, heldout_acc, device, hooks)
     out = ModelArtifact(**{**art.__dict__, "model": outcome.model})
     return out, FinetuneResult(outcome.epochs_run, outcome.best_epoch, outcome.best_score, outcome.start_score,
-                               outcome.history)
+                               outcome.history, outcome.diverged)
