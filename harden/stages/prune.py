@@ -75,27 +75,20 @@ def plan_removal(groups: list[_Group], scores: ChannelScores, cfg: PruneStage) -
             continue
         flags = torch.stack([scores.layers[m].flag for m in scored]).bool()  # members x C
         group_score = torch.stack([scores.layers[m].score for m in scored]).max(0).values
-        share = flags.float().mean(0)
-        if len(grp.members) == 1 or cfg.coupled == "remove":
-            remove = flags.any(0)
-        else:
-            remove = share >= cfg.quorum
+        whole = len(grp.members) == 1 or cfg.coupled == "remove"  # every flag removes the channel group-wide
+        remove = flags.any(0) if whole else flags.float().mean(0) >= cfg.quorum
         cap = int(math.floor(cfg.max_layer_fraction * grp.width))
-        removal = _top(remove, group_score, cap)
-        keep_silenced: list[int] = []
-        if removal:
-            removal, keep_silenced = _round(removal, group_score, grp.width, cfg)
+        removal, silenced = _round(_top(remove, group_score, cap), group_score, grp.width, cfg)
         if removal:
             plan.remove[grp.root] = removal
-        if keep_silenced:
-            plan.silence[grp.root] = keep_silenced
-        if len(grp.members) == 1 or cfg.coupled == "remove":
+        if silenced:
+            plan.silence[grp.root] = silenced
+        if whole:
             continue
-        gone = set(removal) | set(keep_silenced)
+        gone = torch.zeros(grp.width, dtype=torch.bool)
+        gone[removal + silenced] = True
         for row, member in enumerate(scored):
-            idx = [int(i) for i in torch.nonzero(flags[row]).flatten() if int(i) not in gone]
-            idx = _top(torch.isin(torch.arange(grp.width), torch.tensor(idx, dtype=torch.long)),
-                       scores.layers[member].score, cap)
+            idx = _top(flags[row] & ~gone, scores.layers[member].score, cap)
             if idx:
                 plan.branch[member] = idx
     return plan
@@ -112,7 +105,7 @@ def _round(removal: list[int], score: torch.Tensor, width: int, cfg: PruneStage)
     """Return (physically removed, silenced in place) so that width - removed is a multiple of round_to."""
     step = cfg.round_to
     left = width - len(removal)
-    if step <= 1 or left % step == 0:
+    if not removal or step <= 1 or left % step == 0:
         return removal, []
     down = (left // step) * step  # remaining width if we remove more
     extra = left - down
