@@ -105,6 +105,7 @@ class FinetuneStage(StrictModel):
     distill_weight: float = Field(1.0, ge=0, description="weight of distillation from the suspect model on clean "
                                   "images (0: off); restores clean accuracy lost to pruning")
     distill_temperature: float = Field(2.0, gt=0)
+    distill_mix: bool = Field(False, description="also distil on mixup blends of clean images (label-free inputs)")
     clip_grad_norm: Optional[float] = Field(5.0, gt=0, description="gradient-norm clipping (null: off)")
     max_steps: Optional[int] = Field(None, ge=1, description="cap on optimizer steps (tests and smoke runs)")
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from harden.artifacts import InputContract, ModelArtifact
@@ -44,9 +45,11 @@ def test_flags_policy_keeps_the_scorer_decision(tiny_cnn):
     assert sel.scores is scores and sel.trace == []
 
 
-def test_distill_is_zero_against_itself_and_positive_otherwise(tiny_cnn):
-    hook = Distill(tiny_cnn, C, weight=0.5, temperature=2.0)
+@pytest.mark.parametrize("mix", [False, True])
+def test_distill_is_zero_against_itself_and_positive_otherwise(tiny_cnn, mix):
+    hook = Distill(tiny_cnn, C, weight=0.5, temperature=2.0, mix=mix)
     x = torch.rand(8, 3, 16, 16)
-    assert float(hook.extra_loss(tiny_cnn, x, None, tiny_cnn(C.normalize(x)))) < 1e-6
-    assert float(hook.extra_loss(tiny_cnn, x, None, torch.zeros(8, 4))) > 1e-3
+    with torch.no_grad():
+        assert float(hook.extra_loss(tiny_cnn, x, None, tiny_cnn(C.normalize(x)))) < 1e-6
+        assert float(hook.extra_loss(tiny_cnn, x, None, torch.zeros(8, 4))) > 1e-3
     assert all(not p.requires_grad for p in hook.teacher.parameters())

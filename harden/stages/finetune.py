@@ -23,17 +23,26 @@ class Distill:
     response back (zoo BadNets: ASR stayed under 5% while clean accuracy recovered ~2 points).
     """
 
-    def __init__(self, teacher: nn.Module, contract: InputContract, weight: float, temperature: float):
+    def __init__(self, teacher: nn.Module, contract: InputContract, weight: float, temperature: float,
+                 mix: bool = False, seed: int = 0):
         self.teacher = copy.deepcopy(teacher).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.contract, self.weight, self.t = contract, weight, temperature
+        self.contract, self.weight, self.t, self.mix = contract, weight, temperature, mix
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def _kl(self, student_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = F.softmax(self.teacher(self.contract.normalize(x)) / self.t, dim=1)
+        return F.kl_div(F.log_softmax(student_logits / self.t, dim=1), target, reduction="batchmean")
 
     def extra_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         self.teacher.to(x.device)
-        with torch.no_grad():
-            target = F.softmax(self.teacher(self.contract.normalize(x)) / self.t, dim=1)
-        kl = F.kl_div(F.log_softmax(logits / self.t, dim=1), target, reduction="batchmean")
+        kl = self._kl(logits, x)
+        if self.mix:  # label-free extra inputs: blends of two clean images, matched to the teacher as well
+            lam = torch.rand(len(x), 1, 1, 1, generator=self.gen).to(x.device)
+            xm = lam * x + (1 - lam) * x[torch.randperm(len(x), generator=self.gen).to(x.device)]
+            kl = (kl + self._kl(model(self.contract.normalize(xm)), xm)) / 2
         return self.weight * self.t * self.t * kl
 
 
@@ -45,7 +54,8 @@ def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageS
         clip_grad_norm=cfg.clip_grad_norm,
     )
     if cfg.distill_weight > 0:
-        hooks = [*hooks, Distill(teacher, art.contract, cfg.distill_weight, cfg.distill_temperature)]
+        hooks = [*hooks, Distill(teacher, art.contract, cfg.distill_weight, cfg.distill_temperature,
+                                 cfg.distill_mix, seed)]
 
     def heldout_acc(model: torch.nn.Module) -> float:
         return accuracy(torch_predictor(model, art.contract, device), heldout, label="held-out accuracy")
