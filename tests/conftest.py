@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import harden.models  # noqa: F401  (registers architectures)
+from harden.artifacts import InputContract
 from harden.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +26,7 @@ needs_cifar = pytest.mark.skipif(not (DATA / "cifar10" / "test.npz").is_file(),
                                  reason=f"CIFAR-10 not found under {DATA} (set HARDEN_DATA)")
 
 TINY_CLASSES = ["a", "b", "c", "d"]
+TINY_CONTRACT = InputContract((3, 16, 16), (0.5,) * 3, (0.25,) * 3, tuple(TINY_CLASSES))
 
 
 def synthetic_images(n: int, seed: int, size: int = 16, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -98,13 +100,11 @@ tracking: {experiment: smoke}
 @pytest.fixture(scope="session")
 def trained_tiny() -> torch.nn.Module:
     """tiny_cnn trained to >90% on the synthetic task, so pruning has accuracy to lose."""
-    from harden.artifacts import InputContract
     from harden.data.sources import ImageSet
     from harden.train import TrainSettings, train
 
     torch.manual_seed(0)
     x, y = synthetic_images(256, 0)
-    contract = InputContract((3, 16, 16), (0.5,) * 3, (0.25,) * 3, tuple(TINY_CLASSES))
-    out = train(create_model("tiny_cnn", 4, {"width": 8}), ImageSet(x, y, "t", "0"), contract,
+    out = train(create_model("tiny_cnn", 4, {"width": 8}), ImageSet(x, y, "t", "0"), TINY_CONTRACT,
                 TrainSettings(epochs=3, lr=0.05, batch_size=32, freeze_bn=False), lambda m: 0.0, torch.device("cpu"))
     return out.model.eval()

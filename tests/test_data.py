@@ -1,13 +1,12 @@
 import numpy as np
 import pytest
 
-from harden.artifacts import InputContract
 from harden.data import load_images, stratified_split
 from harden.errors import DataError
 
-from .conftest import synthetic_images
+from .conftest import TINY_CONTRACT, synthetic_images
 
-C = InputContract((3, 16, 16), (0.5,) * 3, (0.25,) * 3, ("a", "b", "c", "d"))
+C = TINY_CONTRACT
 
 
 def _npz(tmp_path, x, y, name="d.npz"):

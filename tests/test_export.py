@@ -2,15 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from harden.artifacts import InputContract, ModelArtifact
+from harden.artifacts import ModelArtifact
 from harden.config import ExportStage
 from harden.data.sources import ImageSet
 from harden.errors import ExportParityError
 from harden.stages import export
 
-from .conftest import synthetic_images
+from .conftest import TINY_CONTRACT, synthetic_images
 
-C = InputContract((3, 16, 16), (0.5,) * 3, (0.25,) * 3, ("a", "b", "c", "d"))
+C = TINY_CONTRACT
 
 
 def _art(model):

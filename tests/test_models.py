@@ -9,7 +9,7 @@ from harden.models import ARCHITECTURES, create_model
 from harden.models.loading import load_model
 from harden.models.surgery import find_classifier, pair_convs_with_bns
 
-from .conftest import write_model_folder
+from .conftest import TINY_CONTRACT, write_model_folder
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES.names())
@@ -55,9 +55,7 @@ def test_state_dict_for_another_architecture_lists_keys_and_shapes(tmp_path, tin
 
 
 def _contract():
-    from harden.artifacts import InputContract
-
-    return InputContract((3, 16, 16), (0.5,) * 3, (0.25,) * 3, ("a", "b", "c", "d"))
+    return TINY_CONTRACT
 
 
 def test_weights_only_checkpoint_loads(tmp_path, tiny_cnn):

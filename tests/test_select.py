@@ -1,16 +1,16 @@
 import pytest
 import torch
 
-from harden.artifacts import InputContract, ModelArtifact
+from harden.artifacts import ModelArtifact
 from harden.config import PruneStage, SelectPolicy
 from harden.data.sources import ImageSet
 from harden.scorers.clp import ClpConfig, ClpScorer
 from harden.stages import prune, select
 from harden.stages.finetune import Distill
 
-from .conftest import synthetic_images
+from .conftest import TINY_CONTRACT, synthetic_images
 
-C = InputContract((3, 16, 16), (0.5,) * 3, (0.25,) * 3, ("a", "b", "c", "d"))
+C = TINY_CONTRACT
 
 
 def _setup(model):

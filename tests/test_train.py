@@ -3,14 +3,13 @@ import copy
 import numpy as np
 import torch
 
-from harden.artifacts import InputContract
 from harden.data.sources import ImageSet
 from harden.evaluate import accuracy, torch_predictor
 from harden.train import TrainSettings, augment_batch, train
 
-from .conftest import synthetic_images
+from .conftest import TINY_CONTRACT, synthetic_images
 
-C = InputContract((3, 16, 16), (0.5,) * 3, (0.25,) * 3, ("a", "b", "c", "d"))
+C = TINY_CONTRACT
 
 
 def _sets():

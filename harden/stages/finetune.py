@@ -20,7 +20,8 @@ class Distill:
 
     2,000 hard labels cannot re-teach what pruning removed; the suspect's clean-input behaviour is the richer
     signal and is what we want to keep. The teacher only ever sees clean images, so it cannot hand the trigger
-    response back (zoo BadNets: ASR stayed under 5% while clean accuracy recovered ~2 points).
+    response back. Zoo BadNets, same pruning: 3.2 points of clean accuracy lost without it (2,000 test images),
+    1.6 with it (full test set), ASR 6%.
     """
 
     def __init__(self, teacher: nn.Module, contract: InputContract, weight: float, temperature: float,

@@ -8,6 +8,7 @@ is exactly what physical pruning will produce, so no candidate needs pruning or 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -22,7 +23,7 @@ from .prune import Prepared, masked_model
 @dataclass(frozen=True)
 class Selection:
     scores: ChannelScores  # flags set by the chosen threshold
-    threshold: float | None  # None: the scorer's own flags were used
+    threshold: float | None  # None: the scorer's own flags (policy flags), or nothing pruned (guard)
     trace: list[dict[str, float]]  # every candidate tried: threshold, flagged, tune accuracy, relative drop
 
 
@@ -49,7 +50,5 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageS
         if drop <= sel.max_relative_drop:
             chosen = (t, candidate)
     if chosen is None:  # even the mildest candidate costs too much accuracy: prune nothing rather than break the model
-        empty = ChannelScores(scores.method, {n: replace(s, flag=torch.zeros_like(s.flag))
-                                              for n, s in scores.layers.items()})
-        return Selection(empty, None, trace)
+        return Selection(rethreshold(scores, math.inf), None, trace)
     return Selection(chosen[1], chosen[0], trace)
