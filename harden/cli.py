@@ -83,7 +83,7 @@ def list_cmd() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .attacks import TRIGGERS
+    from .attacks import ATTACKS, TRIGGERS
     from .models import list_architectures
     from .scorers import SCORERS
 
@@ -92,6 +92,7 @@ def list_cmd() -> None:
         ("architectures", list_architectures()),
         ("scorers", [(e.name, e.description) for e in SCORERS.entries()]),
         ("trigger kinds", [(e.name, e.description) for e in TRIGGERS.entries()]),
+        ("attacks (harden zoo train)", [("clean", "no attack")] + [(e.name, e.description) for e in ATTACKS.entries()]),
         ("stages", STAGES),
     ):
         t = Table(title=title, title_justify="left")
@@ -100,6 +101,67 @@ def list_cmd() -> None:
         for name, desc in rows:
             t.add_row(name, desc)
         con.print(t)
+
+
+@cli.group()
+def zoo() -> None:
+    """Red-team zoo: train attacked models in the shared zoo's folder layout (for benchmarks)."""
+
+
+def _data_default(name: str) -> Path:
+    import os
+
+    return Path(os.environ.get("HARDEN_DATA", "../shared/data")) / "cifar10" / name
+
+
+@zoo.command("train")
+@click.argument("attack")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="New model folder to write.")
+@click.option("--arch", default="preact_resnet18", show_default=True, help="Architecture (see `harden list`).")
+@click.option("--width", type=int, default=16, show_default=True, help="Base width passed as model_args.width.")
+@click.option("--data", "train_path", type=click.Path(path_type=Path), default=None,
+              help="Training npz (x uint8 NHWC, y). Default: $HARDEN_DATA/cifar10/train.npz.")
+@click.option("--test", "test_path", type=click.Path(path_type=Path), default=None,
+              help="Test npz for the final clean accuracy and ASR. Default: $HARDEN_DATA/cifar10/test.npz.")
+@click.option("--exclude", type=click.Path(path_type=Path), default=None,
+              help="npz whose images are left out of training (e.g. the defender's clean set).")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=int, default=None, help="Train on a seeded subset of this many images.")
+@click.option("--params", type=click.Path(path_type=Path), default=None,
+              help="YAML with `trigger:` and `poison:` overrides of the attack's recipe.")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="Trained clean model folder (TrojanNN optimises its patch on it).")
+@click.option("--device", default="cpu", show_default=True)
+def zoo_train(attack: str, out: Path, arch: str, width: int, train_path: Path | None, test_path: Path | None,
+              exclude: Path | None, epochs: int, lr: float, batch_size: int, seed: int, limit: int | None,
+              params: Path | None, reference: Path | None, device: str) -> None:
+    """Train a model attacked with ATTACK (or `clean`) and write config.json, model.safetensors, model.onnx,
+    attack.json and trigger.npz. Attacks: see `harden list`."""
+    try:
+        from .attacks import AttackParams
+        from .config import read_yaml_model
+        from .zoo import ZooJob, train_zoo_model
+
+        job = ZooJob(
+            attack=attack, out=out, train_path=train_path or _data_default("train.npz"),
+            test_path=test_path or _data_default("test.npz"), arch=arch, width=width, epochs=epochs, lr=lr,
+            batch_size=batch_size, seed=seed, limit=limit, exclude=exclude, reference=reference, device=device,
+            params=read_yaml_model(params, AttackParams) if params else AttackParams(),
+        )
+        for what, p in (("--data", job.train_path), ("--test", job.test_path), ("--exclude", exclude),
+                        ("--reference", reference)):
+            if p is not None and not p.exists():
+                raise HardenError(f"{what}: no such file or folder: {p}")
+        report = train_zoo_model(job)
+    except HardenError as exc:
+        _fail(exc)
+        return
+    asr = "—" if report["asr"] is None else f"{100 * report['asr']:.2f}%"
+    click.echo(f"{out}: clean accuracy {100 * report['clean_acc']:.2f}%, ASR {asr}, "
+               f"{report['poisoned_images']} poisoned images, {report['train_seconds']} s")
 
 
 STAGES = [

@@ -9,7 +9,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, create_model
@@ -18,6 +18,8 @@ from .attacks.triggers import ArrayRef, TriggerConfig
 from .base import StrictModel
 from .errors import ConfigError
 from .scorers import SCORERS
+
+M = TypeVar("M", bound=StrictModel)
 
 
 class InputSpec(StrictModel):
@@ -199,12 +201,30 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, cwd: Pat
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(path, [_describe(e) for e in exc.errors()]) from None
+        raise ConfigError(path, [describe_error(e) for e in exc.errors()]) from None
     cfg = _resolve_paths(cfg, path.parent.resolve(), (cwd or Path.cwd()).resolve(), overridden)
     problems = _check_files(cfg)
     if problems:
         raise ConfigError(path, problems)
     return cfg
+
+
+def read_yaml_model(path: Path, model: type[M]) -> M:
+    """A small YAML file (e.g. `harden zoo train --params`) validated into ``model``; every problem at once."""
+    if not path.is_file():
+        raise ConfigError(path, [("", "file not found")])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [("", f"not valid YAML: {exc}")]) from None
+    problems: list[tuple[str, str]] = []
+    raw = _interpolate(raw, "", problems)
+    if problems:
+        raise ConfigError(path, problems)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(path, [describe_error(e) for e in exc.errors()]) from None
 
 
 def _interpolate(node: Any, key: str, problems: list[tuple[str, str]]) -> Any:
@@ -256,7 +276,7 @@ def _set_path(raw: dict[str, Any], key: str, value: Any) -> str | None:
     return None
 
 
-def _describe(err: dict[str, Any]) -> tuple[str, str]:
+def describe_error(err: dict[str, Any]) -> tuple[str, str]:
     loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
     key = ".".join(loc)
     if err["type"] == "extra_forbidden":

@@ -17,12 +17,13 @@ class HardenError(Exception):
 class ConfigError(HardenError):
     """One or more problems in a pipeline YAML, all reported at once."""
 
-    def __init__(self, source: str | Path, problems: list[tuple[str, str]]):
+    def __init__(self, source: str | Path, problems: list[tuple[str, str]], what: str = "the pipeline configuration",
+                 fix: str = "Fix these keys (or override them with --set key.path=value) and run again."):
         self.source = str(source)
         self.problems = problems
-        lines = [f"{self.source}: {len(problems)} problem(s) in the pipeline configuration:"]
+        lines = [f"{self.source}: {len(problems)} problem(s) in {what}:"]
         lines += [f"  - {key or '<top level>'}: {msg}" for key, msg in problems]
-        lines.append("Fix these keys (or override them with --set key.path=value) and run again.")
+        lines.append(fix)
         super().__init__("\n".join(lines))
 
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from .artifacts import InputContract
 from .attacks import Trigger
+from .attacks.triggers import TriggerBase
 from .data import ImageSet
 from .progress import track
 
@@ -60,9 +61,11 @@ def accuracy(predict: Predictor, data: ImageSet, batch_size: int = 500, label: s
 
 
 def attack_metrics(
-    predict: Predictor, data: ImageSet, trigger: Trigger, target: int, batch_size: int = 500, label: str = "asr"
+    predict: Predictor, data: ImageSet, trigger: Trigger, spec: TriggerBase, num_classes: int, batch_size: int = 500,
+    label: str = "asr",
 ) -> tuple[float, float]:
-    """(ASR, robust accuracy) on images whose true label is not the target."""
-    victims = data.subset(np.flatnonzero(data.y != target), "non-target")
+    """(ASR, robust accuracy): triggered victims predicted as the backdoor's target, or as their true label.
+    Victims are the non-target images (all-to-one) or every image (all-to-all, target y + 1 mod K)."""
+    victims = data.subset(spec.victims(data.y), "victims")
     pred = predictions(predict, victims, batch_size, trigger, label)
-    return float((pred == target).mean()), float((pred == victims.y).mean())
+    return float((pred == spec.targets(victims.y, num_classes)).mean()), float((pred == victims.y).mean())

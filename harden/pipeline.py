@@ -178,7 +178,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         if st.verify.enabled:
             measured_on = inp.test if inp.test is not None else inp.heldout
             with stage("verify"):
-                vr = verify.run(st.verify, before, after, after_kind, measured_on)
+                vr = verify.run(st.verify, before, after, after_kind, measured_on, src.contract.num_classes)
                 metrics = {"clean_acc_before": vr.clean_acc_before, "clean_acc_after": vr.clean_acc_after}
                 for k in vr.asr_after:
                     metrics |= {f"asr_{k}_before": vr.asr_before[k], f"asr_{k}_after": vr.asr_after[k],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
@@ -10,11 +11,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 T = TypeVar("T")
 console = Console(stderr=True)
+LOG_AFTER_S = 10.0
 
 
 def track(items: Iterable[T], label: str, total: int | None = None) -> Iterator[T]:
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty():  # logs get one line per loop that took a while, not a bar
+        start = time.monotonic()
         yield from items
+        if (elapsed := time.monotonic() - start) >= LOG_AFTER_S:
+            print(f"  {label}: {elapsed:.0f} s", file=sys.stderr, flush=True)
         return
     columns = (TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())

@@ -1,5 +1,8 @@
-"""Triggers, keyed by their YAML ``kind``. Used by verify (ASR on known triggers) and, later, by the zoo trainer."""
+"""Triggers keyed by their YAML ``kind`` (used by verify) and attack recipes keyed by attack name (used by the
+red-team zoo: trigger + poisoning)."""
 
+from .recipes import ATTACKS, AttackParams, PoisonConfig, poison_indices
 from .triggers import TRIGGERS, Trigger, TriggerConfig, build_trigger
 
-__all__ = ["TRIGGERS", "Trigger", "TriggerConfig", "build_trigger"]
+__all__ = ["ATTACKS", "AttackParams", "PoisonConfig", "TRIGGERS", "Trigger", "TriggerConfig", "build_trigger",
+           "poison_indices"]

@@ -9,7 +9,7 @@ from typing import Annotated, Callable, Literal, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..base import StrictModel
 from ..errors import DataError
@@ -20,7 +20,26 @@ TRIGGERS: Registry[Callable[["TriggerBase"], Trigger]] = Registry("trigger kind"
 
 
 class TriggerBase(StrictModel):
-    target: int = Field(ge=0, description="the attack's target label (verify only; never used to decide)")
+    target: int | None = Field(None, ge=0, description="all-to-one target label (verify only; never used to decide)")
+    mode: Literal["all-to-one", "all-to-all"] = "all-to-one"
+
+    @model_validator(mode="after")
+    def _target_matches_mode(self):
+        if self.mode == "all-to-one" and self.target is None:
+            raise ValueError("an all-to-one trigger needs `target` (the label the backdoor forces)")
+        if self.mode == "all-to-all" and self.target is not None:
+            raise ValueError("an all-to-all trigger maps label y to (y + 1) mod K; leave `target` out")
+        return self
+
+    def targets(self, y: np.ndarray, num_classes: int) -> np.ndarray:
+        """The label the backdoor forces for each true label y."""
+        if self.mode == "all-to-all":
+            return (y + 1) % num_classes
+        return np.full_like(y, self.target)
+
+    def victims(self, y: np.ndarray) -> np.ndarray:
+        """Indices on which ASR is measured: all images for all-to-all, non-target ones for all-to-one."""
+        return np.arange(len(y)) if self.mode == "all-to-all" else np.flatnonzero(y != self.target)
 
 
 class ArrayRef(StrictModel):
@@ -65,7 +84,30 @@ class SineTrigger(TriggerBase):
     freq: float = Field(6, gt=0)
 
 
-TriggerConfig = Annotated[Union[PatchTrigger, BlendTrigger, WarpTrigger, SineTrigger], Field(discriminator="kind")]
+class MaskTrigger(TriggerBase):
+    kind: Literal["mask"] = "mask"
+    pattern: ArrayRef  # HWC or CHW in [0, 1]
+    mask: ArrayRef  # HW, HWC or CHW in [0, 1]: x' = (1 - mask) x + mask * pattern (TrojanNN's optimised patch)
+
+
+class LowFrequencyTrigger(TriggerBase):
+    kind: Literal["lf"] = "lf"
+    amplitude: float = Field(0.1, gt=0, le=1, description="max |perturbation| in [0, 1] pixel units")
+    cutoff: float = Field(0.15, gt=0, le=1, description="kept radius of the spectrum, as a fraction of Nyquist")
+    seed: int = 0
+    pattern: ArrayRef | None = None  # an explicit pattern overrides amplitude/cutoff/seed
+
+
+class BitDepthTrigger(TriggerBase):
+    kind: Literal["bpp"] = "bpp"
+    levels: int = Field(8, ge=2, le=128, description="grey levels per channel after the reduction")
+    dither: bool = True  # Floyd-Steinberg error diffusion, as in the BppAttack paper
+
+
+TriggerConfig = Annotated[
+    Union[PatchTrigger, BlendTrigger, WarpTrigger, SineTrigger, MaskTrigger, LowFrequencyTrigger, BitDepthTrigger],
+    Field(discriminator="kind"),
+]
 
 
 def build_trigger(cfg: TriggerBase) -> Trigger:
@@ -88,6 +130,13 @@ def _patch(cfg: PatchTrigger) -> Trigger:
     return apply
 
 
+def _unit_array(ref: ArrayRef, what: str) -> np.ndarray:
+    arr = ref.load()
+    if arr.min() < 0 or arr.max() > 1:
+        raise DataError(f"{what} {ref.path} has values outside [0, 1]")
+    return arr
+
+
 def _as_chw(arr: np.ndarray, x: torch.Tensor, what: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(arr, dtype=np.float32))
     if t.ndim == 3 and t.shape[-1] == x.shape[1] and t.shape[0] != x.shape[1]:
@@ -99,9 +148,7 @@ def _as_chw(arr: np.ndarray, x: torch.Tensor, what: str) -> torch.Tensor:
 
 @TRIGGERS.register("blend", "Blended: x' = (1 - alpha) x + alpha * pattern")
 def _blend(cfg: BlendTrigger) -> Trigger:
-    pattern = cfg.pattern.load()
-    if pattern.min() < 0 or pattern.max() > 1:
-        raise DataError(f"blend pattern {cfg.pattern.path} has values outside [0, 1]")
+    pattern = _unit_array(cfg.pattern, "blend pattern")
 
     def apply(x: torch.Tensor) -> torch.Tensor:
         p = _as_chw(pattern, x, f"blend pattern {cfg.pattern.path}")
@@ -110,23 +157,32 @@ def _blend(cfg: BlendTrigger) -> Trigger:
     return apply
 
 
-@TRIGGERS.register("warp", "WaNet: fixed smooth warp, grid = identity + s * noise_grid / H")
-def _warp(cfg: WarpTrigger) -> Trigger:
+def load_warp_grid(cfg: WarpTrigger) -> torch.Tensor:
     noise = torch.as_tensor(np.asarray(cfg.grid.load(), dtype=np.float32))
     if noise.ndim != 4 or noise.shape[0] != 1 or noise.shape[-1] != 2:
         raise DataError(f"warp grid {cfg.grid.path} must have shape (1, H, W, 2), got {tuple(noise.shape)}")
+    return noise
 
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        if noise.shape[1:3] != (h, w):
-            raise DataError(f"warp grid is {tuple(noise.shape[1:3])}, images are {h}x{w}")
-        lin_h, lin_w = torch.linspace(-1, 1, h), torch.linspace(-1, 1, w)
-        yy, xx = torch.meshgrid(lin_h, lin_w, indexing="ij")
-        identity = torch.stack((xx, yy), dim=-1)[None]  # x in the last axis
-        grid = torch.clamp(identity + cfg.s * noise / h, -1, 1).to(x.device, x.dtype)
-        return F.grid_sample(x, grid.expand(n, -1, -1, -1), align_corners=True).clamp(0, 1)
 
-    return apply
+def warp_with_jitter(cfg: WarpTrigger, noise: torch.Tensor, x: torch.Tensor,
+                     gen: torch.Generator | None = None) -> torch.Tensor:
+    """Apply the WaNet warp; with ``gen``, add WaNet's per-image random jitter ("noise mode" cover images)."""
+    n, _, h, w = x.shape
+    if noise.shape[1:3] != (h, w):
+        raise DataError(f"warp grid is {tuple(noise.shape[1:3])}, images are {h}x{w}")
+    lin_h, lin_w = torch.linspace(-1, 1, h), torch.linspace(-1, 1, w)
+    yy, xx = torch.meshgrid(lin_h, lin_w, indexing="ij")
+    identity = torch.stack((xx, yy), dim=-1)[None]  # x in the last axis
+    grid = torch.clamp(identity + cfg.s * noise / h, -1, 1).expand(n, -1, -1, -1)
+    if gen is not None:
+        grid = torch.clamp(grid + (torch.rand(n, h, w, 2, generator=gen) * 2 - 1) / h, -1, 1)
+    return F.grid_sample(x, grid.to(x.device, x.dtype), align_corners=True).clamp(0, 1)
+
+
+@TRIGGERS.register("warp", "WaNet: fixed smooth warp, grid = identity + s * noise_grid / H")
+def _warp(cfg: WarpTrigger) -> Trigger:
+    noise = load_warp_grid(cfg)
+    return lambda x: warp_with_jitter(cfg, noise, x)
 
 
 @TRIGGERS.register("sine", "SIG: a horizontal sine added to every row and channel")
@@ -136,5 +192,74 @@ def _sine(cfg: SineTrigger) -> Trigger:
         j = torch.arange(w, dtype=x.dtype, device=x.device)
         wave = cfg.delta * torch.sin(2 * math.pi * cfg.freq * j / w)
         return (x + wave).clamp(0, 1)
+
+    return apply
+
+
+@TRIGGERS.register("mask", "TrojanNN-style: a pattern pasted through a soft mask, x' = (1 - m) x + m p")
+def _mask(cfg: MaskTrigger) -> Trigger:
+    pattern, mask = _unit_array(cfg.pattern, "mask-trigger pattern"), _unit_array(cfg.mask, "trigger mask")
+    if mask.ndim == 2:
+        mask = mask[None]
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        p = _as_chw(pattern, x, f"trigger pattern {cfg.pattern.path}")
+        m = torch.as_tensor(np.asarray(mask, np.float32)).to(x.device, x.dtype)
+        if m.shape[-2:] != x.shape[-2:]:
+            raise DataError(f"trigger mask {cfg.mask.path} is {tuple(m.shape)}, images are {tuple(x.shape[1:])}")
+        return ((1 - m) * x + m * p).clamp(0, 1)
+
+    return apply
+
+
+def low_frequency_pattern(shape: tuple[int, int, int], amplitude: float, cutoff: float, seed: int) -> np.ndarray:
+    """A smooth universal pattern (C, H, W): seeded Gaussian noise low-pass filtered in the 2-D spectrum and
+    scaled to max |value| = amplitude. The same parameters give the same pattern on every machine."""
+    c, h, w = shape
+    noise = np.random.default_rng(seed).standard_normal((c, h, w))
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    keep = np.sqrt((fy / 0.5) ** 2 + (fx / 0.5) ** 2) <= cutoff
+    smooth = np.real(np.fft.ifft2(np.fft.fft2(noise) * keep))
+    return (amplitude * smooth / np.abs(smooth).max()).astype(np.float32)
+
+
+@TRIGGERS.register("lf", "Low-frequency: a smooth universal pattern added to the image")
+def _low_frequency(cfg: LowFrequencyTrigger) -> Trigger:
+    explicit = cfg.pattern.load() if cfg.pattern is not None else None
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        if explicit is not None:
+            p = _as_chw(explicit, x, f"lf pattern {cfg.pattern.path}")
+        else:
+            p = torch.from_numpy(low_frequency_pattern(tuple(x.shape[1:]), cfg.amplitude, cfg.cutoff, cfg.seed))
+        return (x + p.to(x.device, x.dtype)).clamp(0, 1)
+
+    return apply
+
+
+@TRIGGERS.register("bpp", "BppAttack: colour-depth reduction with Floyd-Steinberg dithering")
+def _bit_depth(cfg: BitDepthTrigger) -> Trigger:
+    scale = cfg.levels - 1
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        if not cfg.dither:
+            return torch.round(x * scale) / scale
+        img = x.clone().to(torch.float64)  # error diffusion accumulates; float64 keeps it platform-stable
+        h, w = img.shape[-2:]
+        for r in range(h):  # vectorised over the batch and channels; 32x32 images take 1024 small steps
+            for c in range(w):
+                old = img[:, :, r, c]
+                new = torch.round(old.clamp(0, 1) * scale) / scale
+                err = old - new
+                img[:, :, r, c] = new
+                if c + 1 < w:
+                    img[:, :, r, c + 1] += err * 7 / 16
+                if r + 1 < h:
+                    if c > 0:
+                        img[:, :, r + 1, c - 1] += err * 3 / 16
+                    img[:, :, r + 1, c] += err * 5 / 16
+                    if c + 1 < w:
+                        img[:, :, r + 1, c + 1] += err * 1 / 16
+        return img.to(x.dtype)
 
     return apply

@@ -10,13 +10,14 @@ from ..data import ImageSet
 from ..evaluate import Predictor, accuracy, attack_metrics
 
 
-def run(cfg: VerifyStage, before: Predictor, after: Predictor, after_kind: str, test: ImageSet) -> VerifyReport:
+def run(cfg: VerifyStage, before: Predictor, after: Predictor, after_kind: str, test: ImageSet,
+        num_classes: int) -> VerifyReport:
     bs = cfg.batch_size
     acc_b = accuracy(before, test, bs, "clean accuracy (before)")
     acc_a = accuracy(after, test, bs, "clean accuracy (after)")
     asr_b, asr_a, robust = {}, {}, {}
     for name, tcfg in cfg.triggers.items():
         trig = build_trigger(tcfg)
-        asr_b[name], _ = attack_metrics(before, test, trig, tcfg.target, bs, f"ASR {name} (before)")
-        asr_a[name], robust[name] = attack_metrics(after, test, trig, tcfg.target, bs, f"ASR {name} (after)")
+        asr_b[name], _ = attack_metrics(before, test, trig, tcfg, num_classes, bs, f"ASR {name} (before)")
+        asr_a[name], robust[name] = attack_metrics(after, test, trig, tcfg, num_classes, bs, f"ASR {name} (after)")
     return VerifyReport(acc_b, acc_a, asr_b, asr_a, robust, after_kind, len(test))

@@ -1,0 +1,144 @@
+"""Attack recipes for the red-team zoo: a trigger (the kinds in triggers.py) plus how a training set is poisoned.
+
+One registry keyed by attack name (``badnets``, ``blended``, ...). Verify only needs the trigger; ``harden zoo train``
+uses the whole recipe. Array-backed triggers (blend pattern, warp grid, TrojanNN patch) are generated here from a
+seed, written to ``trigger.npz`` and referenced from the trigger config, so a model folder is self-describing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, TypeAdapter, ValidationError
+
+from ..base import StrictModel
+from ..errors import ConfigError
+from ..registry import Registry
+from .triggers import TriggerConfig
+
+# generate(trigger params, seed, image shape CHW, reference model or None) -> arrays for trigger.npz; it pops the
+# generation-only keys (WaNet's k, TrojanNN's size/steps) from the params, which are not trigger fields.
+ArrayMaker = Callable[[dict[str, Any], int, tuple[int, int, int], Any], dict[str, np.ndarray]]
+
+
+class PoisonConfig(StrictModel):
+    ratio: float = Field(0.1, gt=0, le=1, description="poisoned fraction of the training set (of the target class "
+                                                       "for clean-label attacks)")
+    clean_label: bool = Field(False, description="poison target-class images only and keep their labels (SIG)")
+    cover_ratio: float = Field(0.0, ge=0, description="WaNet noise mode: this many times the poisoned count get a "
+                                                      "jittered trigger and keep their labels")
+
+
+class AttackParams(StrictModel):
+    """The YAML a user gives `harden zoo train --params`: overrides of the recipe's trigger and poisoning."""
+
+    trigger: dict[str, Any] = Field(default_factory=dict)
+    poison: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    trigger: dict[str, Any]  # default trigger config (kind + parameters); array refs are filled in by make_arrays
+    poison: dict[str, Any]
+    make_arrays: ArrayMaker | None = None
+    needs_reference: bool = False  # TrojanNN optimises its patch against a trained clean model
+    array_fields: dict[str, str] | None = None  # npz key -> trigger field, where they differ (WaNet: noise_grid)
+
+
+ATTACKS: Registry[Recipe] = Registry("attack")
+_TRIGGER = TypeAdapter(TriggerConfig)
+
+
+def resolve(name: str, params: AttackParams, trigger_npz: Path, seed: int, shape: tuple[int, int, int],
+            reference: Any = None) -> tuple[TriggerConfig, PoisonConfig, dict[str, np.ndarray]]:
+    """The attack's trigger config, poisoning and generated arrays (written by the caller to ``trigger_npz``)."""
+    recipe = ATTACKS.get(name)
+    raw = {**recipe.trigger, **params.trigger}
+    arrays = recipe.make_arrays(raw, seed, shape, reference) if recipe.make_arrays else {}
+    for key in arrays:
+        raw.setdefault((recipe.array_fields or {}).get(key, key), {"path": str(trigger_npz), "key": key})
+    from ..config import describe_error
+
+    errors: list[tuple[str, str]] = []
+    trig = poison = None
+    try:
+        trig = _TRIGGER.validate_python(raw)
+    except ValidationError as exc:  # the user's --params mistake: name the key, not a traceback
+        errors += [(f"trigger.{k}" if k else "trigger", m) for k, m in map(describe_error, exc.errors())]
+    try:
+        poison = PoisonConfig(**{**recipe.poison, **params.poison})
+    except ValidationError as exc:
+        errors += [(f"poison.{k}" if k else "poison", m) for k, m in map(describe_error, exc.errors())]
+    if errors:
+        raise ConfigError(f"attack {name!r}", errors, "its parameters",
+                          "Fix these keys in the --params YAML (sections `trigger:` and `poison:`) and run again.")
+    return trig, poison, arrays
+
+
+def _uniform_pattern(params: dict[str, Any], seed: int, shape: tuple[int, int, int], _ref: Any) -> dict[str, np.ndarray]:
+    c, h, w = shape
+    return {"pattern": np.random.default_rng(seed).random((h, w, c)).astype(np.float32)}
+
+
+def _warp_grid(params: dict[str, Any], seed: int, shape: tuple[int, int, int], _ref: Any) -> dict[str, np.ndarray]:
+    """WaNet's noise grid: a k x k uniform field upsampled bicubically and normalised by its mean |value|."""
+    k = int(params.pop("k", 4))
+    _, h, w = shape
+    g = torch.from_numpy(np.random.default_rng(seed).uniform(-1, 1, (1, 2, k, k)).astype(np.float32))
+    g = g / g.abs().mean()
+    grid = F.interpolate(g, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    return {"noise_grid": grid.numpy().astype(np.float32)}
+
+
+def _trojan_patch(params: dict[str, Any], seed: int, shape: tuple[int, int, int], reference: Any) -> dict[str, np.ndarray]:
+    from .trojan import optimise_patch
+
+    size = int(params.pop("size", 5))
+    steps = int(params.pop("steps", 300))
+    return optimise_patch(reference, shape, size, steps, seed)
+
+
+ATTACKS.register("badnets", "BadNets: 3x3 white patch, all-to-one")(Recipe(
+    {"kind": "patch", "target": 0, "size": 3, "value": 1.0, "position": "bottom-right", "margin": 1}, {"ratio": 0.1}))
+ATTACKS.register("badnets_a2a", "BadNets all-to-all: the patch sends label y to y + 1")(Recipe(
+    {"kind": "patch", "mode": "all-to-all", "size": 3, "value": 1.0, "position": "bottom-right", "margin": 1},
+    {"ratio": 0.1}))
+ATTACKS.register("blended", "Blended: 20% uniform-noise pattern")(Recipe(
+    {"kind": "blend", "target": 0, "alpha": 0.2}, {"ratio": 0.1}, _uniform_pattern))
+ATTACKS.register("wanet", "WaNet: smooth warp, with noise-mode cover images")(Recipe(
+    {"kind": "warp", "target": 0, "s": 0.5}, {"ratio": 0.1, "cover_ratio": 2.0}, _warp_grid,
+    array_fields={"noise_grid": "grid"}))
+ATTACKS.register("sig", "SIG: clean-label horizontal sine on 80% of the target class")(Recipe(
+    {"kind": "sine", "target": 0, "delta": 20 / 255, "freq": 6}, {"ratio": 0.8, "clean_label": True}))
+ATTACKS.register("lf", "Low-frequency: smooth universal additive pattern")(Recipe(
+    {"kind": "lf", "target": 0, "amplitude": 0.1, "cutoff": 0.15, "seed": 0}, {"ratio": 0.1}))
+ATTACKS.register("bpp", "BppAttack: 8-level colour quantisation with dithering")(Recipe(
+    {"kind": "bpp", "target": 0, "levels": 8, "dither": True}, {"ratio": 0.1}))
+ATTACKS.register("trojannn", "TrojanNN: patch optimised to excite a feature of a clean reference model")(Recipe(
+    {"kind": "mask", "target": 0}, {"ratio": 0.1}, _trojan_patch, needs_reference=True))
+
+
+def poison_indices(y: np.ndarray, trig: TriggerConfig, poison: PoisonConfig, num_classes: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(poisoned indices, their new labels, cover indices). All-to-one draws from non-target classes; clean-label
+    draws from the target class and keeps labels; cover images are disjoint from the poisoned ones."""
+    if poison.clean_label:
+        pool = np.flatnonzero(y == trig.target)
+        n = int(round(poison.ratio * len(pool)))
+    else:
+        pool = trig.victims(y)
+        n = int(round(poison.ratio * len(y)))
+    if n > len(pool):
+        raise ConfigError("attack", [("poison.ratio", f"{poison.ratio} asks for {n} images, only {len(pool)} qualify")],
+                          "its parameters", "Lower poison.ratio in the --params YAML and run again.")
+    chosen = np.sort(rng.choice(pool, size=n, replace=False))
+    labels = y[chosen] if poison.clean_label else trig.targets(y[chosen], num_classes)
+    rest = np.setdiff1d(np.arange(len(y)), chosen)
+    n_cover = min(int(round(poison.cover_ratio * n)), len(rest))
+    cover = np.sort(rng.choice(rest, size=n_cover, replace=False)) if n_cover else np.zeros(0, np.int64)
+    return chosen, labels.astype(np.int64), cover
