@@ -69,6 +69,7 @@ class ChannelScores:
 
     method: str
     layers: dict[str, LayerScores]
+    thresholds: tuple[float, ...] | None = None  # the accuracy guard's candidates when not the registered scorer's
 
     def num_flagged(self) -> int:
         return int(sum(int(s.flag.sum()) for s in self.layers.values()))

@@ -103,6 +103,29 @@ def list_cmd() -> None:
         con.print(t)
 
 
+@cli.command("score")
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for scores.json and the histograms (default: the YAML's `out`/score).")
+@_set_option
+def score_cmd(pipeline: Path, out: Path | None, overrides: tuple[str, ...]) -> None:
+    """Score every conv channel and show what the prune stage would remove, without pruning anything.
+
+    Writes scores.json (every method's scores, the fused ones, and the selection) and one PNG of per-layer
+    histograms per method."""
+    try:
+        from .config import load_pipeline
+        from .scoring_preview import preview
+
+        cfg = load_pipeline(pipeline, list(overrides))
+        out_dir = (out or (cfg.out or Path("harden-runs") / cfg.name) / "score").resolve()
+        summary = preview(cfg, out_dir)
+    except HardenError as exc:
+        _fail(exc)
+        return
+    click.echo(summary)
+
+
 @cli.group()
 def zoo() -> None:
     """Red-team zoo: train attacked models in the shared zoo's folder layout (for benchmarks)."""

@@ -18,6 +18,7 @@ from .attacks.triggers import ArrayRef, TriggerConfig
 from .base import StrictModel
 from .errors import ConfigError
 from .scorers import SCORERS
+from .scorers.fusion import FusionConfig
 
 M = TypeVar("M", bound=StrictModel)
 
@@ -66,16 +67,20 @@ ScorerMethods = create_model(
 class ScoreStage(StrictModel):
     enabled: bool = True
     methods: ScorerMethods = Field(default_factory=lambda: ScorerMethods(clp={}))  # type: ignore[call-arg]
+    fusion: FusionConfig = Field(default_factory=FusionConfig, description="how several methods' scores combine")
 
 
 class SelectPolicy(StrictModel):
     """How many channels to prune, chosen on the tune split of the defender's clean data."""
 
-    policy: Literal["flags", "accuracy_guard"] = Field(
-        "accuracy_guard", description="flags: the scorer's own decision; accuracy_guard: search thresholds"
+    policy: Literal["flags", "accuracy_guard", "top_fraction"] = Field(
+        "accuracy_guard", description="flags: the scorer's own decision; accuracy_guard: search thresholds; "
+        "top_fraction: the highest-scoring `fraction` of all scored channels, across layers"
     )
-    thresholds: list[float] = Field(default_factory=lambda: [3.0, 2.75, 2.5, 2.25, 2.0], min_length=1,
-                                    description="candidate score thresholds (CLP: z-scores), flag = score > t")
+    fraction: float = Field(0.05, gt=0, lt=1, description="share of all scored channels pruned by top_fraction")
+    thresholds: Optional[list[float]] = Field(
+        None, min_length=1, description="candidate score thresholds, flag = score > t (default: the scorer's own, "
+        "e.g. CLP z-scores 3.0 ... 2.0, ANP 1 - mask 0.9 ... 0.5)")
     max_relative_drop: float = Field(0.10, gt=0, lt=1, description="largest relative tune-accuracy drop, before repair")
 
 

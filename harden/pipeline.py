@@ -108,12 +108,15 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         scores = None
         if st.score.enabled:
             with stage("score"):
-                scores = score.run(st.score, current, inp.tune)
-                _write_json(out_dir / "scores.json", scores.to_json())
+                outcome = score.run(st.score, current, inp.tune)
+                scores = outcome.combined
+                _write_json(out_dir / "scores.json", {**scores.to_json(), "per_method": {
+                    name: s.to_json() for name, s in outcome.per_method.items()}})
                 ctx.tracker.log_file(out_dir / "scores.json", "score")
-                ctx.tracker.log_metrics({"flagged": scores.num_flagged(), "channels": scores.num_channels()})
+                ctx.tracker.log_metrics({"flagged": scores.num_flagged(), "channels": scores.num_channels(),
+                                         **{f"seconds_{k}": v for k, v in outcome.seconds.items()}})
             report["score"] = {"method": scores.method, "flagged": scores.num_flagged(),
-                               "channels": scores.num_channels()}
+                               "channels": scores.num_channels(), "seconds": outcome.seconds}
 
         if st.prune.enabled and scores is not None:
             with stage("prune"):

@@ -138,3 +138,16 @@ def test_list_shows_registries():
     assert res.exit_code == 0
     for name in ("preact_resnet18", "cifar_resnet18", "cifar_vgg11_bn", "tiny_cnn", "clp", "patch", "finetune"):
         assert name in res.output
+
+
+def test_score_previews_fused_scores_without_pruning(tiny_workspace):
+    res = CliRunner().invoke(cli, ["score", str(tiny_workspace / "pipeline.yaml"), "--out", str(tiny_workspace / "s"),
+                                   "--set", "stages.score.methods.dormant={}",
+                                   "--set", "stages.prune.select.policy=top_fraction"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tiny_workspace / "s" / "scores.json").read_text())
+    assert set(doc["per_method"]) == {"clp", "dormant"} and doc["combined"]["method"].startswith("fused:")
+    assert doc["selection"]["policy"] == "top_fraction" and "flagged" in res.output
+    for name in ("clp", "dormant", "fused"):
+        assert (tiny_workspace / "s" / f"scores-{name}.png").stat().st_size > 1000
+    assert not (tiny_workspace / "s" / "model.onnx").exists()

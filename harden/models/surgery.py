@@ -82,3 +82,27 @@ def find_classifier(model: nn.Module) -> str:
             return str(node.target)
         queue.extend(node.all_input_nodes)
     raise ModelLoadError(f"cannot find the classifier layer of {type(model).__name__} (no Linear/Conv before output)")
+
+
+def feature_producers(model: nn.Module, classifier: str) -> list[str]:
+    """The convs whose output channels become the classifier's input features: walk back from the classifier through
+    channel-preserving ops (activations, pooling, flatten, BN) and through residual adds, to the first conv on each
+    path. A residual stream gives several convs (one coupled group); a plain stack gives one."""
+    gm = trace(model)
+    modules = dict(gm.named_modules())
+    start = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == classifier)
+    queue, seen, convs = deque(start.all_input_nodes), set(), []
+    while queue:
+        node = queue.popleft()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d):
+            convs.append(str(node.target))
+            continue
+        if node.op == "call_module" and isinstance(modules[node.target], (nn.Linear, nn.Conv1d)):
+            continue  # a different feature space: not this map's producer
+        queue.extend(node.all_input_nodes)
+    if not convs:
+        raise ModelLoadError(f"cannot find the conv feature map feeding {classifier!r} in {type(model).__name__}")
+    return sorted(convs)

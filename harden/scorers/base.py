@@ -7,8 +7,9 @@ from typing import Callable, ClassVar, Protocol
 
 import torch.nn as nn
 
-from ..artifacts import ChannelScores
+from ..artifacts import ChannelScores, InputContract
 from ..base import StrictModel
+from ..data import ImageSet
 from ..registry import Registry
 
 
@@ -21,12 +22,14 @@ class ScorerInfo:
     config_cls: type[ScorerConfig]
     factory: Callable[[ScorerConfig], "Scorer"]
     needs_data: bool
+    thresholds: tuple[float, ...]
 
 
 class Scorer(Protocol):
     needs_data: ClassVar[bool]
+    thresholds: ClassVar[list[float]]  # the accuracy guard's default candidates, in this scorer's score units
 
-    def score(self, model: nn.Module, data: object | None) -> ChannelScores: ...
+    def score(self, model: nn.Module, data: ImageSet | None, contract: InputContract) -> ChannelScores: ...
 
 
 SCORERS: Registry[ScorerInfo] = Registry("scorer")
@@ -36,7 +39,8 @@ def register_scorer(name: str, description: str, config_cls: type[ScorerConfig])
     """Class decorator: registers a scorer under its YAML name with its config class and capabilities."""
 
     def deco(cls):
-        SCORERS.register(name, description)(ScorerInfo(config_cls, cls, bool(getattr(cls, "needs_data", False))))
+        SCORERS.register(name, description)(ScorerInfo(config_cls, cls, bool(getattr(cls, "needs_data", False)),
+                                                          tuple(cls.thresholds)))
         return cls
 
     return deco

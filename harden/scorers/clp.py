@@ -34,11 +34,12 @@ def uclc(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> torch.Tensor:
 @register_scorer("clp", "Channel Lipschitzness (data-free): flags channels with outsized UCLC per layer", ClpConfig)
 class ClpScorer:
     needs_data: ClassVar[bool] = False
+    thresholds: ClassVar[list[float]] = [3.0, 2.75, 2.5, 2.25, 2.0]  # within-layer z-scores of UCLC
 
     def __init__(self, cfg: ClpConfig):
         self.cfg = cfg
 
-    def score(self, model: nn.Module, data: object | None = None) -> ChannelScores:
+    def score(self, model: nn.Module, data: object | None = None, contract: object | None = None) -> ChannelScores:
         modules = dict(model.named_modules())
         layers: dict[str, LayerScores] = {}
         for name, pair in pair_convs_with_bns(model).items():

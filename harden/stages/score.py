@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import copy
+import time
+from dataclasses import dataclass
 
 from ..artifacts import ChannelScores, ModelArtifact
 from ..config import ScoreStage
 from ..data import ImageSet
 from ..errors import StageError
 from ..scorers import SCORERS
+from ..scorers.fusion import fuse
 
 
 def configured(cfg: ScoreStage) -> list[tuple[str, object]]:
     return [(name, getattr(cfg.methods, name)) for name in SCORERS.names() if getattr(cfg.methods, name) is not None]
 
 
-def run(cfg: ScoreStage, art: ModelArtifact, tune: ImageSet) -> ChannelScores:
+@dataclass(frozen=True)
+class ScoreOutcome:
+    combined: ChannelScores  # what selection and pruning use: the one method's scores, or their fusion
+    per_method: dict[str, ChannelScores]
+    seconds: dict[str, float]  # scoring cost per method (the benchmark reports it)
+
+
+def run(cfg: ScoreStage, art: ModelArtifact, tune: ImageSet) -> ScoreOutcome:
     methods = configured(cfg)
-    if len(methods) != 1:
-        raise StageError("score", f"exactly one scoring method is supported for now, got {[n for n, _ in methods]}")
-    name, method_cfg = methods[0]
-    info = SCORERS.get(name)
-    scorer = info.factory(method_cfg)
-    return scorer.score(copy.deepcopy(art.model).eval(), tune if info.needs_data else None)
+    if not methods:
+        raise StageError("score", f"stages.score.methods names no scorer; known: {', '.join(SCORERS.names())}")
+    per_method, seconds = {}, {}
+    for name, method_cfg in methods:
+        info = SCORERS.get(name)
+        t0 = time.perf_counter()
+        per_method[name] = info.factory(method_cfg).score(copy.deepcopy(art.model).eval(),
+                                                          tune if info.needs_data else None, art.contract)
+        seconds[name] = round(time.perf_counter() - t0, 3)
+    combined = per_method[methods[0][0]] if len(methods) == 1 else fuse(per_method, cfg.fusion)
+    return ScoreOutcome(combined, per_method, seconds)

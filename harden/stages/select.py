@@ -17,6 +17,7 @@ from ..artifacts import ChannelScores, ModelArtifact
 from ..config import PruneStage
 from ..data import ImageSet
 from ..evaluate import accuracy, torch_predictor
+from ..scorers import SCORERS
 from .prune import Prepared, masked_model
 
 
@@ -29,7 +30,17 @@ class Selection:
 
 def rethreshold(scores: ChannelScores, t: float) -> ChannelScores:
     layers = {n: replace(s, flag=s.score > t) for n, s in scores.layers.items()}
-    return ChannelScores(scores.method, layers)
+    return ChannelScores(scores.method, layers, scores.thresholds)
+
+
+def top_fraction(scores: ChannelScores, fraction: float) -> Selection:
+    """Flag the highest-scoring share of all scored channels (the threshold is that share's score quantile)."""
+    everything = torch.cat([s.score.flatten() for s in scores.layers.values()])
+    k = max(1, int(round(fraction * everything.numel())))
+    t = float(torch.topk(everything, k).values[-1])
+    chosen = ChannelScores(scores.method, {n: replace(s, flag=s.score >= t) for n, s in scores.layers.items()},
+                           scores.thresholds)
+    return Selection(chosen, t, [{"threshold": t, "flagged": chosen.num_flagged(), "fraction": fraction}])
 
 
 def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageSet, prep: Prepared,
@@ -37,11 +48,14 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageS
     sel = cfg.select
     if sel.policy == "flags":
         return Selection(scores, None, [])
+    if sel.policy == "top_fraction":
+        return top_fraction(scores, sel.fraction)
     contract = art.contract
     base = accuracy(torch_predictor(prep.original, contract, device), tune, label="tune accuracy (unpruned)")
     trace: list[dict[str, float]] = []
     chosen = None
-    for t in sorted(sel.thresholds, reverse=True):  # least pruning first
+    candidates = sel.thresholds or scores.thresholds or SCORERS.get(scores.method).thresholds
+    for t in sorted(candidates, reverse=True):  # least pruning first
         candidate = rethreshold(scores, t)
         masked, _, _ = masked_model(prep, candidate, cfg)
         acc = accuracy(torch_predictor(masked, contract, device), tune, label=f"tune accuracy (threshold {t:g})")
