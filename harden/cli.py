@@ -189,7 +189,7 @@ def zoo_train(attack: str, out: Path, arch: str, width: int, train_path: Path | 
 
 STAGES = [
     ("ingest", "load the model safely (safetensors / weights-only) and the data; split clean data tune/held-out"),
-    ("score", "score every conv channel for backdoor suspicion with the configured scorer"),
+    ("score", "score every conv channel for backdoor suspicion with the configured scorer(s); fuse several"),
     ("prune", "physically remove flagged channels with torch-pruning; round widths; zero coupled branches"),
     ("finetune", "SGD + cosine on the tune split, early stopping on the held-out split"),
     ("export", "ONNX (dynamo, legacy fallback), checker, onnxslim, metadata, onnxruntime parity"),

@@ -100,3 +100,21 @@ def test_poisoning_ratio_pool_and_labels():
                                                 np.random.default_rng(0))[0])
     with pytest.raises(ConfigError, match="only 900 qualify"):
         poison_indices(y, PatchTrigger(target=3), PoisonConfig(ratio=1.0), 10, rng)
+
+
+def test_trojan_patch_excites_its_feature_more_than_a_random_patch(tiny_cnn):
+    from harden.attacks.trojan import optimise_patch
+
+    ref = _reference(tiny_cnn)
+    arrays = optimise_patch(ref, (3, 16, 16), size=5, steps=60, seed=0)
+    assert arrays["mask"].sum() == 25 and arrays["pattern"].shape == (16, 16, 3)
+    classifier = tiny_cnn.get_submodule(ref.classifier)
+    neuron = int(classifier.weight.abs().sum(0).argmax())
+    feats = []
+    classifier.register_forward_pre_hook(lambda _m, a: feats.append(a[0][:, neuron].mean().item()))
+    background = torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    mask = torch.from_numpy(arrays["mask"])
+    for pattern in (torch.from_numpy(arrays["pattern"]).permute(2, 0, 1), torch.rand(3, 16, 16)):
+        with torch.no_grad():
+            tiny_cnn(TINY_CONTRACT.normalize((1 - mask) * background + mask * pattern))
+    assert feats[0] > feats[1]

@@ -2,6 +2,7 @@
 to evaluate harden's own code, never by the pipeline."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,3 +39,11 @@ def test_zoo_onnx_matches_harden_architecture():
     ours = torch_predictor(art.model, art.contract, torch.device("cpu"))(x)
     theirs = onnx_predictor(folder / "model.onnx", art.contract)(x)
     assert np.abs(ours - theirs).max() < 1e-4
+
+
+@pytest.mark.parametrize("pipeline", sorted(p.name for p in (Path(__file__).parents[1] / "pipelines").glob("*.yaml")))
+def test_every_shipped_pipeline_validates(pipeline):
+    from harden.config import load_pipeline
+
+    cfg = load_pipeline(Path(__file__).parents[1] / "pipelines" / pipeline)
+    assert cfg.model.path.is_dir() and cfg.data.clean.path.is_file()

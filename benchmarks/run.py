@@ -1,0 +1,197 @@
+"""Efficacy benchmark: every pipeline x every model folder, one table.
+
+    python benchmarks/run.py --name zoo pipelines/clp.yaml pipelines/finetune.yaml pipelines/recommended.yaml
+
+Models: every folder with a config.json under --models (default $HARDEN_ZOO, else ../shared/zoo). For each model the
+verify stage measures the model's own trigger, read from its attack.json / trigger.npz. That ground truth is used
+here, for the report only; the pipelines' deciding stages never see it (tests/test_no_peeking.py).
+
+Writes benchmarks/results/<name>.json (every row), <name>.md (the table the README shows) and <name>-bars.png.
+Runs are kept under --runs; a finished run (report.json present and the same pipeline hash) is reused, so an
+interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.latency import onnx_latency_ms, source_onnx  # noqa: E402
+from harden.attacks.groundtruth import read_attack, trigger_from_attack  # noqa: E402
+from harden.config import load_pipeline  # noqa: E402
+from harden.errors import HardenError  # noqa: E402
+from harden.pipeline import run_pipeline  # noqa: E402
+
+
+def model_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if (p / "config.json").is_file())
+
+
+def der(d_asr: float, d_acc: float) -> float:
+    """BackdoorBench's defense effectiveness rating, [max(0, dASR) - max(0, dACC) + 1] / 2, from the means (their
+    per-sample variant has a sign error). dASR = ASR before - after; dACC = accuracy before - after."""
+    return (max(0.0, d_asr) - max(0.0, d_acc) + 1) / 2
+
+
+def configure(pipeline: Path, folder: Path, overrides: list[str]):
+    cfg = load_pipeline(pipeline, [f"model.path={folder}", *overrides], cwd=Path.cwd())
+    attack = read_attack(folder) or {}
+    trig = trigger_from_attack(folder, attack) if attack else None
+    verify = cfg.stages.verify.model_copy(update={"triggers": {attack["attack"]: trig} if trig else {}})
+    stages = cfg.stages.model_copy(update={"verify": verify})
+    tracking = cfg.tracking.model_copy(update={"experiment": f"bench-{cfg.name}"})
+    return cfg.model_copy(update={"stages": stages, "tracking": tracking}), attack
+
+
+def run_one(pipeline: Path, folder: Path, runs: Path, overrides: list[str]) -> dict[str, Any]:
+    cfg, attack = configure(pipeline, folder, overrides)
+    out = runs / pipeline.stem / folder.name
+    report_path = out / "report.json"
+    if report_path.is_file():
+        old = json.loads(report_path.read_text())
+        if old.get("pipeline", {}).get("sha256") == cfg.digest():
+            print(f"  reuse {out}", flush=True)
+            return row(pipeline.stem, folder, attack, old, out)
+    print(f"  run {pipeline.stem} on {folder.name}", flush=True)
+    report = run_pipeline(cfg, out, pipeline.resolve()).report
+    return row(pipeline.stem, folder, attack, report, out)
+
+
+def row(pipeline: str, folder: Path, attack: dict[str, Any], r: dict[str, Any], out: Path) -> dict[str, Any]:
+    name = attack.get("attack", "unknown")
+    acc = r["clean_acc"]
+    asr = r.get("asr", {}).get(name)
+    d_acc = acc["before"] - acc["after"]
+    res = {
+        "pipeline": pipeline, "model": folder.name, "attack": name,
+        "clean_acc_before": acc["before"], "clean_acc_after": acc["after"],
+        "asr_before": asr["before"] if asr else None, "asr_after": asr["after"] if asr else None,
+        "robust_acc_after": r.get("robust_acc", {}).get(name, {}).get("after"),
+        "der": der(asr["before"] - asr["after"], d_acc) if asr else None,
+        "params_before": r["params"]["before"], "params_after": r["params"]["after"],
+        "macs_before": r["macs"]["before"], "macs_after": r["macs"]["after"],
+        "threshold": r.get("prune", {}).get("threshold"), "seconds": r["seconds"], "run": str(out),
+    }
+    onnx = r.get("onnx", {}).get("path")
+    if onnx and Path(onnx).is_file():
+        res["onnx_max_abs_diff"] = r["onnx"]["max_abs_diff"]
+        before = source_onnx(folder, out)
+        res["latency_ms_before"] = onnx_latency_ms(before)
+        res["latency_ms_after"] = onnx_latency_ms(Path(onnx))
+    return res
+
+
+def pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = ["pipeline", "model", "clean acc before → after", "ASR before → after", "robust acc", "DER",
+            "params after / before", "MACs after / before", "ONNX latency after / before", "seconds (score / prune / "
+            "finetune / total)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        s = r["seconds"]
+        lat = (f"{r['latency_ms_after'] / r['latency_ms_before']:.2f}" if r.get("latency_ms_before") else "—")
+        lines.append("| " + " | ".join([
+            r["pipeline"], r["model"], f"{pct(r['clean_acc_before'])} → {pct(r['clean_acc_after'])}",
+            f"{pct(r['asr_before'])} → {pct(r['asr_after'])}", pct(r["robust_acc_after"]),
+            "—" if r["der"] is None else f"{100 * r['der']:.1f}",
+            f"{r['params_after'] / r['params_before']:.2f}", f"{r['macs_after'] / r['macs_before']:.2f}", lat,
+            " / ".join(f"{s.get(k, 0):.0f}" for k in ("score", "prune", "finetune", "total")),
+        ]) + " |")
+    lines += ["", "Means per pipeline over the backdoored models (clean-accuracy drop over all models):", "",
+              "| pipeline | mean ASR after | mean clean-acc drop (all) | drop on clean models | mean DER |",
+              "|---|---|---|---|---|"]
+    for p in dict.fromkeys(r["pipeline"] for r in rows):
+        mine = [r for r in rows if r["pipeline"] == p]
+        bad = [r for r in mine if r["asr_after"] is not None]
+        clean = [r for r in mine if r["asr_after"] is None]
+        mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        drop = lambda rs: mean([r["clean_acc_before"] - r["clean_acc_after"] for r in rs])  # noqa: E731
+        lines.append(f"| {p} | {pct(mean([r['asr_after'] for r in bad]))} | {pct(drop(mine))} | {pct(drop(clean))} | "
+                     + ("—" if not bad else f"{100 * mean([r['der'] for r in bad]):.1f}") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    pipes = list(dict.fromkeys(r["pipeline"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    width = 0.8 / (len(pipes) + 1)
+    for ax, key, title in ((axes[0], "asr", "ASR (%)"), (axes[1], "clean_acc", "clean accuracy (%)")):
+        base = [next((r[f"{key}_before"] for r in rows if r["model"] == m), None) for m in models]
+        ax.bar(np.arange(len(models)), [100 * (b or 0) for b in base], width, label="before", color="0.7")
+        for i, p in enumerate(pipes):
+            vals = [next((r[f"{key}_after"] for r in rows if r["model"] == m and r["pipeline"] == p), None)
+                    for m in models]
+            ax.bar(np.arange(len(models)) + (i + 1) * width, [100 * (v or 0) for v in vals], width, label=p)
+        ax.set_xticks(np.arange(len(models)) + width * len(pipes) / 2, models, rotation=20, fontsize=8)
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def splice_readme(readme: Path, name: str, table: str) -> bool:
+    """Replace the README block between <!-- bench:NAME --> and <!-- /bench:NAME --> with the generated table."""
+    text = readme.read_text()
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{table}{end}{tail}")
+    return True
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("pipelines", nargs="+", type=Path)
+    ap.add_argument("--name", required=True, help="results name: benchmarks/results/<name>.{json,md,png}")
+    default_zoo = Path(os.environ.get("HARDEN_ZOO", REPO.parent / "shared" / "zoo"))
+    ap.add_argument("--models", type=Path, default=default_zoo, help="folder of model folders (default: the zoo)")
+    ap.add_argument("--runs", type=Path, default=REPO / "runs" / "bench")
+    ap.add_argument("--only", nargs="*", default=None, help="model folder names to include")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value for every run")
+    ap.add_argument("--readme", action="store_true", help="also splice the table into README.md (bench:<name>)")
+    args = ap.parse_args()
+    if not args.models.is_dir():
+        sys.exit(f"benchmark: no model folder at {args.models}; pass --models DIR or set HARDEN_ZOO")
+    folders = [f for f in model_folders(args.models) if not args.only or f.name in args.only]
+    rows, t0 = [], time.time()
+    try:
+        for pipeline in args.pipelines:
+            for folder in folders:
+                rows.append(run_one(pipeline, folder, args.runs, args.overrides))
+    except HardenError as exc:
+        sys.exit(f"benchmark: {exc}")
+    results = REPO / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    meta = {"models": str(args.models), "pipelines": [str(p) for p in args.pipelines], "overrides": args.overrides,
+            "wall_seconds": round(time.time() - t0), "machine": f"{os.cpu_count()} CPU cores"}
+    (results / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (results / f"{args.name}.md").write_text(markdown(rows))
+    bar_chart(rows, results / f"{args.name}-bars.png")
+    print(markdown(rows))
+    if args.readme and not splice_readme(REPO / "README.md", args.name, markdown(rows)):
+        print(f"README.md has no <!-- bench:{args.name} --> block; table not spliced", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The benchmark's arithmetic and README splicing (the runs themselves are benchmarks, not tests)."""
+
+import pytest
+
+from benchmarks.run import der, markdown, splice_readme
+
+
+def test_der_is_backdoorbench_formula_on_means():
+    assert der(0.9, 0.0) == pytest.approx(0.95)
+    assert der(0.9, 0.02) == pytest.approx(0.94)
+    assert der(-0.1, -0.01) == pytest.approx(0.5)  # ASR up / accuracy up count as zero, not as credit or penalty
+    assert der(0.0, 0.05) == pytest.approx(0.475)
+
+
+def _row(pipeline, model, acc_b, acc_a, asr_b=None, asr_a=None):
+    return {"pipeline": pipeline, "model": model, "clean_acc_before": acc_b, "clean_acc_after": acc_a,
+            "asr_before": asr_b, "asr_after": asr_a, "robust_acc_after": None,
+            "der": None if asr_b is None else der(asr_b - asr_a, acc_b - acc_a),
+            "params_before": 100, "params_after": 80, "macs_before": 10, "macs_after": 9,
+            "seconds": {"total": 12.0}}
+
+
+def test_markdown_table_and_means():
+    md = markdown([_row("p", "bad", 0.8, 0.79, 0.9, 0.05), _row("p", "clean", 0.8, 0.795)])
+    assert "| p | bad | 80.00 → 79.00 | 90.00 → 5.00 |" in md
+    assert "| p | 5.00 | 0.75 | 0.50 | 92.0 |" in md  # mean ASR, drop over all, drop on clean, DER
+
+
+def test_splice_replaces_only_the_named_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- bench:zoo -->\nold\n<!-- /bench:zoo -->\nb\n")
+    assert splice_readme(readme, "zoo", "| new |\n")
+    assert readme.read_text() == "a\n<!-- bench:zoo -->\n| new |\n<!-- /bench:zoo -->\nb\n"
+    assert not splice_readme(readme, "other", "x")
