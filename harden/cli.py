@@ -9,6 +9,7 @@ import click
 
 from . import __version__
 from .errors import HardenError
+from .gate import GATE_FAILED
 
 EXIT_USER_ERROR = 2
 
@@ -36,7 +37,10 @@ _set_option = click.option(
               help="Output folder (default: the YAML's `out`, else ./harden-runs/<name>).")
 @_set_option
 def run(pipeline: Path, out: Path | None, overrides: tuple[str, ...]) -> None:
-    """Run the pipeline in PIPELINE (a YAML file) end to end."""
+    """Run the pipeline in PIPELINE (a YAML file) end to end.
+
+    Exit codes: 0 done (and the gate passed, if enabled); 2 could not run (a mistake in the YAML, the model or the
+    data: the message says which); 3 the gate failed (gate.json and gate-junit.xml list the checks)."""
     try:
         from .config import load_pipeline
         from .pipeline import render_summary, run_pipeline
@@ -54,6 +58,14 @@ def run(pipeline: Path, out: Path | None, overrides: tuple[str, ...]) -> None:
     mf = result.report.get("mlflow", {})
     if mf.get("model_version"):
         click.echo(f"mlflow: run {mf['run_id']}, model {mf['model_name']} v{mf['model_version']} ({mf['tracking_uri']})")
+    verdict = result.report.get("gate")
+    if verdict is not None:
+        failed = [c["message"] for c in verdict["checks"] if not c["passed"]]
+        if failed:
+            click.secho("gate FAILED (" + result.out_dir.joinpath("gate-junit.xml").as_posix() + "):\n  - "
+                        + "\n  - ".join(failed), fg="red", err=True)
+            sys.exit(GATE_FAILED)
+        click.secho(f"gate passed ({len(verdict['checks'])} checks)", fg="green")
 
 
 @cli.command()

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from .attacks.triggers import ArrayRef, TriggerConfig
 from .base import StrictModel
 from .errors import ConfigError
 from .scorers import SCORERS
+from .gate import GateConfig
 from .scorers.fusion import FusionConfig
 
 M = TypeVar("M", bound=StrictModel)
@@ -155,7 +156,15 @@ class PipelineConfig(StrictModel):
     model: ModelConfig
     data: DataConfig
     stages: Stages = Field(default_factory=Stages)
+    gate: GateConfig = Field(default_factory=GateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _gate_measures_what_it_checks(self):
+        unknown = sorted(set(self.gate.max_asr_per_trigger) - set(self.stages.verify.triggers))
+        if self.gate.enabled and unknown:
+            raise ValueError(f"gate.max_asr_per_trigger names {unknown}, which stages.verify.triggers does not define")
+        return self
 
     def digest(self) -> str:
         """sha256 of the resolved configuration (paths included): the pipeline hash in lineage and ONNX metadata."""

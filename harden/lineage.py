@@ -35,7 +35,8 @@ class Tracker(Protocol):
 
     def log_dataset(self, x: np.ndarray, y: np.ndarray, name: str, source: str, sha256: str, context: str) -> None: ...
 
-    def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -> str | None: ...
+    def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str],
+                      aliases: tuple[str, ...] = ("candidate",)) -> str | None: ...
 
 
 class NullTracker:
@@ -61,7 +62,8 @@ class NullTracker:
 
     def log_dataset(self, x: np.ndarray, y: np.ndarray, name: str, source: str, sha256: str, context: str) -> None: ...
 
-    def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -> str | None:
+    def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str],
+                      aliases: tuple[str, ...] = ("candidate",)) -> str | None:
         return None
 
 
@@ -141,7 +143,8 @@ class MlflowTracker:
         ds = self.mlflow.data.from_numpy(x[:1], targets=y[:1], name=name, source=source, digest=sha256[:32])
         self.mlflow.log_input(ds, context=context, tags={"sha256": sha256, "images": str(len(y))})
 
-    def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str]) -> str | None:
+    def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str],
+                      aliases: tuple[str, ...] = ("candidate",)) -> str | None:
         import onnx
         from mlflow.models import infer_signature
         from mlflow.tracking import MlflowClient
@@ -158,7 +161,8 @@ class MlflowTracker:
         client = MlflowClient()
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v)
-        client.set_registered_model_alias(name, "candidate", version)
+        for alias in aliases:
+            client.set_registered_model_alias(name, alias, version)
         return version
 
 

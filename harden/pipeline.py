@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from . import __version__
+from . import __version__, gate
 from .artifacts import ModelArtifact
 from .config import PipelineConfig, resolved_dict
 from .context import RunContext, resolve_device
@@ -193,11 +193,21 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
             report["asr"] = {k: {"before": vr.asr_before[k], "after": vr.asr_after[k]} for k in vr.asr_after}
             report["robust_acc"] = {k: {"after": v} for k, v in vr.robust_acc_after.items()}
 
+        aliases = ("candidate",)
+        if cfg.gate.enabled:
+            checks = gate.evaluate(cfg.gate, report)
+            report["gate"] = gate.write_results(checks, out_dir, cfg.name)
+            ctx.tracker.log_file(out_dir / "gate.json", "gate")
+            ctx.tracker.log_file(out_dir / "gate-junit.xml", "gate")
+            ctx.tracker.log_metrics({"gate_passed": float(report["gate"]["passed"])})
+            if report["gate"]["passed"]:
+                aliases += (cfg.gate.promote_alias,)
         report["mlflow"] = {"tracking_uri": getattr(ctx.tracker, "uri", None), "run_id": ctx.tracker.parent_run_id,
                             "model_name": None, "model_version": None}
         if exp is not None:
             name = registered_name(cfg)
-            version = ctx.tracker.register_onnx(exp.path, name, _example(inp.heldout, src), registry_tags(report))
+            version = ctx.tracker.register_onnx(exp.path, name, _example(inp.heldout, src), registry_tags(report),
+                                                aliases)
             if version is not None:
                 report["mlflow"] |= {"model_name": name, "model_version": version}
         seconds["total"] = round(time.perf_counter() - t_all, 3)
@@ -227,6 +237,8 @@ def registry_tags(report: dict[str, Any]) -> dict[str, str]:
         tags[f"asr.{k}"] = repr(v["after"])
     if report.get("asr"):
         tags["asr"] = repr(max(v["after"] for v in report["asr"].values()))
+    if "gate" in report:
+        tags["gate"] = "passed" if report["gate"]["passed"] else "failed"
     return tags
 
 

@@ -1,0 +1,78 @@
+"""The pre-deployment gate: thresholds from the YAML checked against report.json. `harden run` exits GATE_FAILED when
+any check fails, and only a passing model gets the promotion alias in the registry.
+
+Results are written as gate.json and as JUnit XML (gate-junit.xml), one test case per check, which CI systems display.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+from xml.etree import ElementTree as ET
+
+from pydantic import Field
+
+from .base import StrictModel
+from .lineage import atomic_write_bytes
+
+GATE_FAILED = 3  # distinct from 2 (could not run: a user mistake) and 1 (a bug in harden)
+
+
+class GateConfig(StrictModel):
+    enabled: bool = False
+    max_asr: Optional[float] = Field(None, ge=0, le=1, description="largest ASR after, for every verify trigger")
+    max_asr_per_trigger: dict[str, float] = Field(default_factory=dict, description="per trigger name; overrides max_asr")
+    max_clean_acc_drop: Optional[float] = Field(None, ge=0, le=1, description="largest clean-accuracy drop, absolute")
+    max_onnx_diff: Optional[float] = Field(None, gt=0, description="largest |torch - onnxruntime| logit difference")
+    promote_alias: str = Field("production", min_length=1, description="registry alias moved only when the gate passes")
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    name: str
+    value: float | None
+    limit: float
+    passed: bool
+    message: str
+
+
+def evaluate(cfg: GateConfig, report: dict[str, Any]) -> list[GateCheck]:
+    checks: list[GateCheck] = []
+
+    def at_most(name: str, value: float | None, limit: float, what: str) -> None:
+        if value is None:
+            checks.append(GateCheck(name, None, limit, False, f"{what} was not measured"))
+        else:
+            ok = value <= limit
+            checks.append(GateCheck(name, value, limit, ok, f"{what} {value:.4g} {'<=' if ok else '>'} {limit:.4g}"))
+
+    asr = report.get("asr", {})
+    for trig in sorted(set(asr) | set(cfg.max_asr_per_trigger)):
+        limit = cfg.max_asr_per_trigger.get(trig, cfg.max_asr)
+        if limit is not None:
+            at_most(f"asr.{trig}", asr.get(trig, {}).get("after"), limit, f"ASR of trigger {trig!r} after hardening")
+    if cfg.max_clean_acc_drop is not None:
+        acc = report.get("clean_acc")
+        drop = None if acc is None else acc["before"] - acc["after"]
+        at_most("clean_acc_drop", drop, cfg.max_clean_acc_drop, "clean-accuracy drop")
+    if cfg.max_onnx_diff is not None:
+        at_most("onnx_max_abs_diff", report.get("onnx", {}).get("max_abs_diff"), cfg.max_onnx_diff,
+                "ONNX parity max |diff|")
+    return checks
+
+
+def write_results(checks: list[GateCheck], out_dir: Path, suite: str) -> dict[str, Any]:
+    passed = all(c.passed for c in checks)
+    doc = {"passed": passed, "checks": [asdict(c) for c in checks]}
+    atomic_write_bytes(out_dir / "gate.json", json.dumps(doc, indent=1).encode())
+    root = ET.Element("testsuites")
+    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(checks)),
+                       failures=str(sum(not c.passed for c in checks)))
+    for c in checks:
+        case = ET.SubElement(ts, "testcase", classname=f"harden.gate.{suite}", name=c.name)
+        if not c.passed:
+            ET.SubElement(case, "failure", message=c.message).text = c.message
+    atomic_write_bytes(out_dir / "gate-junit.xml", ET.tostring(root, encoding="utf-8", xml_declaration=True))
+    return doc

@@ -1,0 +1,59 @@
+"""The pre-deployment gate: checks from report.json, JUnit output, exit code 3, promotion only on a pass."""
+
+import json
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from harden.config import PipelineConfig
+from harden.gate import GateConfig, evaluate, write_results
+
+from .test_cli import _harden, _mlflow_client
+
+REPORT = {"asr": {"badnets": {"before": 0.9, "after": 0.04}, "blended": {"before": 1.0, "after": 0.2}},
+          "clean_acc": {"before": 0.83, "after": 0.815}, "onnx": {"max_abs_diff": 3e-6}}
+
+
+def test_checks_per_trigger_override_and_missing_measurements():
+    cfg = GateConfig(enabled=True, max_asr=0.05, max_asr_per_trigger={"blended": 0.25}, max_clean_acc_drop=0.01,
+                     max_onnx_diff=1e-4)
+    checks = {c.name: c for c in evaluate(cfg, REPORT)}
+    assert checks["asr.badnets"].passed and checks["asr.blended"].passed
+    assert not checks["clean_acc_drop"].passed and checks["clean_acc_drop"].value == pytest.approx(0.015)
+    assert checks["onnx_max_abs_diff"].passed
+    missing = evaluate(GateConfig(enabled=True, max_asr_per_trigger={"wanet": 0.05}), {"asr": {}})
+    assert [c.passed for c in missing] == [False] and "not measured" in missing[0].message
+
+
+def test_junit_lists_each_check_and_its_failures(tmp_path):
+    checks = evaluate(GateConfig(enabled=True, max_asr=0.05, max_clean_acc_drop=0.01), REPORT)
+    doc = write_results(checks, tmp_path, "demo")
+    assert doc["passed"] is False
+    suite = ET.parse(tmp_path / "gate-junit.xml").getroot().find("testsuite")
+    assert suite.get("tests") == "3" and suite.get("failures") == "2"
+    failing = {c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None}
+    assert failing == {"asr.blended", "clean_acc_drop"}
+    assert json.loads((tmp_path / "gate.json").read_text())["checks"][0]["name"] == "asr.badnets"
+
+
+def test_gate_naming_an_undefined_trigger_is_a_config_error():
+    with pytest.raises(ValueError, match="does not define"):
+        PipelineConfig.model_validate({"model": {"path": "m"}, "data": {"clean": {"path": "c"}},
+                                       "gate": {"enabled": True, "max_asr_per_trigger": {"nope": 0.1}}})
+
+
+@pytest.mark.parametrize("parity,code,alias", [(1e-12, 3, False), (1e-3, 0, True)])  # float32 ORT is never exact
+def test_run_exit_code_and_promotion_follow_the_gate(tiny_workspace, parity, code, alias):
+    proc = _harden("run", "pipeline.yaml", "--out", "out", "--set", "gate.enabled=true",
+                   "--set", f"gate.max_onnx_diff={parity}", "--set", "gate.max_asr=1.0",
+                   "--set", "gate.max_clean_acc_drop=1.0", "--set", "stages.finetune.max_steps=2", cwd=tiny_workspace)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    suite = ET.parse(tiny_workspace / "out" / "gate-junit.xml").getroot().find("testsuite")
+    assert suite.get("failures") == ("0" if alias else "1")
+    client = _mlflow_client(tiny_workspace / "out" / "mlflow.db")
+    mv = client.get_model_version_by_alias("harden-model", "candidate")
+    assert mv.tags["gate"] == ("passed" if alias else "failed")
+    aliases = client.get_registered_model("harden-model").aliases
+    assert ("production" in aliases) == alias
+    if not alias:
+        assert "gate FAILED" in proc.stderr and "ONNX parity" in proc.stderr
