@@ -19,6 +19,7 @@ from .base import StrictModel
 from .errors import ConfigError
 from .scorers import SCORERS
 from .gate import GateConfig
+from .scan import ScanConfig
 from .scorers.fusion import FusionConfig
 
 M = TypeVar("M", bound=StrictModel)
@@ -83,6 +84,9 @@ class SelectPolicy(StrictModel):
         None, min_length=1, description="candidate score thresholds, flag = score > t (default: the scorer's own, "
         "e.g. CLP z-scores 3.0 ... 2.0, ANP 1 - mask 0.9 ... 0.5)")
     max_relative_drop: float = Field(0.10, gt=0, lt=1, description="largest relative tune-accuracy drop, before repair")
+    unflagged_relative_drop: Optional[float] = Field(
+        None, ge=0, lt=1, description="the budget instead, when a Neural Cleanse scan ran and found no backdoor "
+        "(algorithms.md §7: data-free stages still run, with tighter budgets)")
 
 
 class PruneStage(StrictModel):
@@ -134,6 +138,7 @@ class VerifyStage(StrictModel):
 
 
 class Stages(StrictModel):
+    scan: ScanConfig = Field(default_factory=ScanConfig, description="Neural Cleanse: is the model backdoored?")
     score: ScoreStage = Field(default_factory=ScoreStage)
     prune: PruneStage = Field(default_factory=PruneStage)
     finetune: FinetuneStage = Field(default_factory=FinetuneStage)

@@ -23,6 +23,9 @@ from .context import RunContext, resolve_device
 from .evaluate import accuracy, onnx_predictor, torch_predictor
 from .lineage import MlflowTracker, NullTracker, Tracker, atomic_write_bytes, default_tracking_uri
 from .progress import console
+from .plots import inverted_triggers
+from .scan import inverted_trigger_asr
+from .scan import scan as scan_model
 from .stages import export, finetune, ingest, prune, score, select, verify
 
 
@@ -105,6 +108,19 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         current: ModelArtifact = src
         hooks: list[object] = []
 
+        found = None
+        if st.scan.enabled:
+            with stage("scan"):
+                found = scan_model(src.model, inp.tune, src.contract, st.scan, ctx.device)
+                np.savez(out_dir / "scan.npz", masks=found.masks, patterns=found.patterns)
+                _write_json(out_dir / "scan.json", found.summary())
+                inverted_triggers(found, src.contract.labels, out_dir / "scan-triggers.png")
+                for name in ("scan.json", "scan.npz", "scan-triggers.png"):
+                    ctx.tracker.log_file(out_dir / name, "scan")
+                ctx.tracker.log_metrics({"max_anomaly": found.summary()["max_anomaly"],
+                                         "flagged": float(found.flagged)})
+            report["scan"] = found.summary()
+
         scores = None
         if st.score.enabled:
             with stage("score"):
@@ -121,7 +137,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         if st.prune.enabled and scores is not None:
             with stage("prune"):
                 prep = prune.prepare(current)
-                chosen = select.run(st.prune, current, scores, inp.tune, prep, ctx.device)
+                chosen = select.run(st.prune, current, scores, inp.tune, prep, ctx.device,
+                                    None if found is None else found.flagged)
                 scores = chosen.scores
                 for i, row in enumerate(chosen.trace):
                     ctx.tracker.log_metrics({"select_tune_acc": row["tune_acc"], "select_flagged": row["flagged"]},
@@ -191,6 +208,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                                    "measured_on": "test" if inp.test is not None else "heldout",
                                    "after_with": vr.evaluated_after_with}
             report["asr"] = {k: {"before": vr.asr_before[k], "after": vr.asr_after[k]} for k in vr.asr_after}
+        if found is not None and found.flagged:  # trigger-free check: the inverted trigger, on held-out images
+            itasr = inverted_trigger_asr(found, out_dir / "scan.npz", before, after, inp.heldout,
+                                         src.contract.num_classes)
+            report["itasr"] = {"target": found.target, **itasr}
+            ctx.tracker.log_metrics({"itasr_before": itasr["before"], "itasr_after": itasr["after"]})
             report["robust_acc"] = {k: {"after": v} for k, v in vr.robust_acc_after.items()}
 
         aliases = ("candidate",)
@@ -256,6 +278,13 @@ def summary_table(report: dict[str, Any]):
     t.add_row("held-out clean accuracy", pct(report["heldout_acc"]["before"]), pct(report["heldout_acc"]["after"]))
     for k, v in report.get("asr", {}).items():
         t.add_row(f"ASR {k}", pct(v["before"]), pct(v["after"]))
+    if "scan" in report:
+        s = report["scan"]
+        t.add_row("Neural Cleanse", f"max anomaly {s['max_anomaly']:.2f}",
+                  f"target {report['scan']['target']}" if s["flagged"] else "not flagged")
+    if "itasr" in report:
+        t.add_row(f"inverted-trigger ASR (class {report['itasr']['target']})", pct(report["itasr"]["before"]),
+                  pct(report["itasr"]["after"]))
     t.add_row("params", f"{report['params']['before']:,}", f"{report['params']['after']:,}")
     t.add_row("MACs", f"{report['macs']['before']:,}", f"{report['macs']['after']:,}")
     if "onnx" in report:

@@ -37,3 +37,27 @@ def score_histograms(scores: ChannelScores, path: Path, title: str) -> None:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def inverted_triggers(result, labels: tuple[str, ...], path: Path) -> None:
+    """Neural Cleanse's best trigger per class (mask * pattern), with its norm and anomaly index."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(result.norms)
+    fig, axes = plt.subplots(1, k, figsize=(1.5 * k, 1.9), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        img = (result.masks[i][None] * result.patterns[i]).transpose(1, 2, 0)
+        ax.imshow(img.clip(0, 1), interpolation="nearest")
+        mark = " *" if result.target == i else ""
+        ax.set_title(f"{labels[i][:10]}{mark}\nL1 {result.norms[i]:.0f}  A {result.anomaly[i]:.1f}", fontsize=6)
+        ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -44,8 +44,12 @@ def top_fraction(scores: ChannelScores, fraction: float) -> Selection:
 
 
 def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageSet, prep: Prepared,
-        device: torch.device) -> Selection:
+        device: torch.device, scan_flagged: bool | None = None) -> Selection:
+    """``scan_flagged``: the Neural Cleanse verdict when a scan ran (None: no scan)."""
     sel = cfg.select
+    budget = sel.max_relative_drop
+    if scan_flagged is False and sel.unflagged_relative_drop is not None:
+        budget = sel.unflagged_relative_drop
     if sel.policy == "flags":
         return Selection(scores, None, [])
     if sel.policy == "top_fraction":
@@ -61,7 +65,7 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageS
         acc = accuracy(torch_predictor(masked, contract, device), tune, label=f"tune accuracy (threshold {t:g})")
         drop = (base - acc) / max(base, 1e-12)
         trace.append({"threshold": t, "flagged": candidate.num_flagged(), "tune_acc": acc, "relative_drop": drop})
-        if drop <= sel.max_relative_drop:
+        if drop <= budget:
             chosen = (t, candidate)
     if chosen is None:  # even the mildest candidate costs too much accuracy: prune nothing rather than break the model
         return Selection(rethreshold(scores, math.inf), None, trace)

@@ -1,0 +1,93 @@
+"""Neural Cleanse scan: the MAD anomaly index, and a planted backdoor found with its target, trigger-free."""
+
+import numpy as np
+import pytest
+import torch
+
+from harden.attacks import PoisonConfig, build_trigger
+from harden.attacks.triggers import PatchTrigger
+from harden.data import ImageSet
+from harden.models import create_model
+from harden.scan import ScanConfig, anomaly_index, scan
+from harden.train import TrainSettings, train
+from harden.zoo import poisoned_training_set
+
+from .conftest import TINY_CONTRACT, synthetic_images
+
+
+def test_anomaly_index_is_mad_based_and_ignores_failed_classes():
+    norms = np.array([10.0, 11.0, 9.0, 10.0, 2.0, np.inf])
+    a = anomaly_index(norms)
+    assert a[-1] == 0.0 and a[4] == pytest.approx(abs(2.0 - 10.0) / (1.4826 * 1.0))
+    assert a[4] > 2 and (a[:4] < 2).all()
+
+
+@pytest.fixture(scope="module")
+def backdoored_tiny():
+    x, y = synthetic_images(800, seed=7)
+    data = ImageSet(x, y, "train", "0")
+    trig = PatchTrigger(target=0, size=3, value=1.0)
+    poisoned, _ = poisoned_training_set(data, trig, PoisonConfig(ratio=0.15), 4, seed=0)
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", 4, {"width": 8})
+    held = ImageSet(*synthetic_images(200, seed=8), "held", "1")
+    settings = TrainSettings(epochs=12, lr=0.05, batch_size=64, patience=99, freeze_bn=False, clip_grad_norm=None,
+                             max_regression=1.0)
+    from harden.evaluate import accuracy, torch_predictor
+
+    out = train(model, poisoned, TINY_CONTRACT, settings,
+                lambda m: accuracy(torch_predictor(m, TINY_CONTRACT, torch.device("cpu")), held),
+                torch.device("cpu"))
+    return out.model.eval(), held, trig
+
+
+def test_scan_flags_the_planted_backdoor_and_its_target(backdoored_tiny):
+    model, held, trig = backdoored_tiny
+    with torch.no_grad():  # the backdoor really is there
+        stamped = build_trigger(trig)(held.batch01(np.flatnonzero(held.y != 0)))
+        assert (model(TINY_CONTRACT.normalize(stamped)).argmax(1) == 0).float().mean() > 0.9
+    result = scan(model, held, TINY_CONTRACT, ScanConfig(enabled=True, epochs=15, steps_per_epoch=4, batch_size=32))
+    assert result.flagged and result.target == 0
+    assert result.masks.shape == (4, 16, 16) and result.patterns.shape == (4, 3, 16, 16)
+    assert 0 <= result.masks.min() and result.masks.max() <= 1
+    assert result.norms[0] == min(result.norms)
+
+
+def test_pipeline_scan_stage_reports_verdict_itasr_and_tighter_budget(backdoored_tiny, tiny_workspace):
+    from harden.config import load_pipeline
+    from harden.pipeline import run_pipeline
+
+    from .conftest import write_model_folder
+
+    model, _, _ = backdoored_tiny
+    write_model_folder(tiny_workspace / "model", model)
+    cfg = load_pipeline(tiny_workspace / "pipeline.yaml", [
+        "stages.scan.enabled=true", "stages.scan.epochs=15", "stages.scan.steps_per_epoch=4",
+        "stages.prune.select.policy=accuracy_guard", "stages.finetune.max_steps=2", "tracking.enabled=false"])
+    report = run_pipeline(cfg, tiny_workspace / "out").report
+    assert report["scan"]["flagged"] and report["scan"]["target"] == 0
+    assert report["itasr"]["target"] == 0 and report["itasr"]["before"] > 0.9
+    for name in ("scan.json", "scan.npz", "scan-triggers.png"):
+        assert (tiny_workspace / "out" / name).is_file()
+
+
+def test_unflagged_model_gets_the_tighter_budget(tiny_cnn):
+    from harden.artifacts import ModelArtifact
+    from harden.config import PruneStage
+    from harden.models.surgery import find_classifier
+    from harden.scorers.clp import ClpConfig, ClpScorer
+    from harden.stages import prune, select
+
+    art = ModelArtifact(tiny_cnn, "tiny_cnn", {}, TINY_CONTRACT, None, "", find_classifier(tiny_cnn))
+    tune = ImageSet(*synthetic_images(64, seed=3), "tune", "0")
+    scores = ClpScorer(ClpConfig()).score(tiny_cnn)
+    cfg = PruneStage(select={"policy": "accuracy_guard", "thresholds": [0.5], "max_relative_drop": 0.99,
+                             "unflagged_relative_drop": 0.0})
+    prep = prune.prepare(art)
+    dev = torch.device("cpu")
+    assert select.run(cfg, art, scores, tune, prep, dev, scan_flagged=True).threshold == 0.5
+    assert select.run(cfg, art, scores, tune, prep, dev, scan_flagged=None).threshold == 0.5
+    # with no backdoor found, a zero budget keeps only candidates that cost nothing on the tune split
+    trace = select.run(cfg, art, scores, tune, prep, dev, scan_flagged=False).trace
+    expected = 0.5 if trace[0]["relative_drop"] <= 0 else None
+    assert select.run(cfg, art, scores, tune, prep, dev, scan_flagged=False).threshold == expected
