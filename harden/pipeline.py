@@ -208,12 +208,12 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                                    "measured_on": "test" if inp.test is not None else "heldout",
                                    "after_with": vr.evaluated_after_with}
             report["asr"] = {k: {"before": vr.asr_before[k], "after": vr.asr_after[k]} for k in vr.asr_after}
+            report["robust_acc"] = {k: {"after": v} for k, v in vr.robust_acc_after.items()}
         if found is not None and found.flagged:  # trigger-free check: the inverted trigger, on held-out images
             itasr = inverted_trigger_asr(found, out_dir / "scan.npz", before, after, inp.heldout,
                                          src.contract.num_classes)
             report["itasr"] = {"target": found.target, **itasr}
             ctx.tracker.log_metrics({"itasr_before": itasr["before"], "itasr_after": itasr["after"]})
-            report["robust_acc"] = {k: {"after": v} for k, v in vr.robust_acc_after.items()}
 
         aliases = ("candidate",)
         if cfg.gate.enabled:
