@@ -26,6 +26,8 @@ class GateConfig(StrictModel):
     max_asr_per_trigger: dict[str, float] = Field(default_factory=dict, description="per trigger name; overrides max_asr")
     max_clean_acc_drop: Optional[float] = Field(None, ge=0, le=1, description="largest clean-accuracy drop, absolute")
     max_onnx_diff: Optional[float] = Field(None, gt=0, description="largest |torch - onnxruntime| logit difference")
+    max_itasr: Optional[float] = Field(None, ge=0, le=1, description="largest inverted-trigger ASR after hardening "
+                                       "(trigger-free; needs stages.scan; passes when the scan flags nothing)")
     promote_alias: str = Field("production", min_length=1, description="registry alias moved only when the gate passes")
 
 
@@ -57,6 +59,13 @@ def evaluate(cfg: GateConfig, report: dict[str, Any]) -> list[GateCheck]:
         acc = report.get("clean_acc")
         drop = None if acc is None else acc["before"] - acc["after"]
         at_most("clean_acc_drop", drop, cfg.max_clean_acc_drop, "clean-accuracy drop")
+    if cfg.max_itasr is not None:
+        if "scan" not in report:
+            checks.append(GateCheck("itasr", None, cfg.max_itasr, False, "gate.max_itasr needs stages.scan.enabled"))
+        elif not report["scan"]["flagged"]:
+            checks.append(GateCheck("itasr", None, cfg.max_itasr, True, "Neural Cleanse found no backdoor to re-test"))
+        else:
+            at_most("itasr", report["itasr"]["after"], cfg.max_itasr, "inverted-trigger ASR after hardening")
     if cfg.max_onnx_diff is not None:
         at_most("onnx_max_abs_diff", report.get("onnx", {}).get("max_abs_diff"), cfg.max_onnx_diff,
                 "ONNX parity max |diff|")

@@ -25,6 +25,14 @@ def test_checks_per_trigger_override_and_missing_measurements():
     assert [c.passed for c in missing] == [False] and "not measured" in missing[0].message
 
 
+def test_itasr_check_is_trigger_free_and_needs_a_scan():
+    cfg = GateConfig(enabled=True, max_itasr=0.1)
+    assert not evaluate(cfg, {})[0].passed
+    assert evaluate(cfg, {"scan": {"flagged": False}})[0].passed
+    flagged = {"scan": {"flagged": True}, "itasr": {"before": 0.99, "after": 0.3}}
+    assert not evaluate(cfg, flagged)[0].passed and "inverted-trigger" in evaluate(cfg, flagged)[0].message
+
+
 def test_junit_lists_each_check_and_its_failures(tmp_path):
     checks = evaluate(GateConfig(enabled=True, max_asr=0.05, max_clean_acc_drop=0.01), REPORT)
     doc = write_results(checks, tmp_path, "demo")
