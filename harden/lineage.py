@@ -87,9 +87,17 @@ class MlflowTracker:
         self.mlflow = mlflow
         self.uri = uri
         self.parent_run_id = None
+        # mlflow.set_*_uri also exports MLFLOW_*_URI to os.environ; left there, the next pipeline run in this process
+        # (the benchmark, library use) and every child process would log into this run's store. Keep the user's.
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         try:
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
             exp = mlflow.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp else mlflow.create_experiment(
                 experiment, artifact_location=artifact_root.resolve().as_uri() if uri.startswith("sqlite") else None

@@ -151,3 +151,14 @@ def test_score_previews_fused_scores_without_pruning(tiny_workspace):
     for name in ("clp", "dormant", "fused"):
         assert (tiny_workspace / "s" / f"scores-{name}.png").stat().st_size > 1000
     assert not (tiny_workspace / "s" / "model.onnx").exists()
+
+
+def test_tracking_store_of_one_run_does_not_leak_into_the_next(tmp_path, monkeypatch):
+    import os
+
+    from harden.lineage import MlflowTracker, default_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    MlflowTracker(default_tracking_uri(tmp_path / "a"), "x", tmp_path / "a")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert default_tracking_uri(tmp_path / "b").endswith("b/mlflow.db")
