@@ -51,15 +51,16 @@ def configure(pipeline: Path, folder: Path, overrides: list[str]):
     return cfg.model_copy(update={"stages": stages, "tracking": tracking}), attack
 
 
-def run_one(pipeline: Path, folder: Path, runs: Path, overrides: list[str]) -> dict[str, Any]:
+def run_one(pipeline: Path, folder: Path, runs: Path, overrides: list[str], reuse_stale: bool = False) -> dict[str, Any]:
     cfg, attack = configure(pipeline, folder, overrides)
     out = runs / pipeline.stem / folder.name
     report_path = out / "report.json"
     if report_path.is_file():
         old = json.loads(report_path.read_text())
-        if old.get("pipeline", {}).get("sha256") == cfg.digest():
-            print(f"  reuse {out}", flush=True)
-            return row(pipeline.stem, folder, attack, old, out)
+        same = old.get("pipeline", {}).get("sha256") == cfg.digest()
+        if same or reuse_stale:
+            print(f"  reuse {out}" + ("" if same else " (stale: made with another pipeline hash)"), flush=True)
+            return {**row(pipeline.stem, folder, attack, old, out), "stale": not same}
     print(f"  run {pipeline.stem} on {folder.name}", flush=True)
     report = run_pipeline(cfg, out, pipeline.resolve()).report
     return row(pipeline.stem, folder, attack, report, out)
@@ -102,12 +103,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         s = r["seconds"]
         lat = (f"{r['latency_ms_after'] / r['latency_ms_before']:.2f}" if r.get("latency_ms_before") else "—")
         lines.append("| " + " | ".join([
-            r["pipeline"], r["model"], f"{pct(r['clean_acc_before'])} → {pct(r['clean_acc_after'])}",
+            r["pipeline"] + (" †" if r.get("stale") else ""), r["model"], f"{pct(r['clean_acc_before'])} → {pct(r['clean_acc_after'])}",
             f"{pct(r['asr_before'])} → {pct(r['asr_after'])}", pct(r["robust_acc_after"]),
             "—" if r["der"] is None else f"{100 * r['der']:.1f}",
             f"{r['params_after'] / r['params_before']:.2f}", f"{r['macs_after'] / r['macs_before']:.2f}", lat,
             " / ".join(f"{s.get(k, 0):.0f}" for k in ("score", "prune", "finetune", "total")),
         ]) + " |")
+    if any(r.get("stale") for r in rows):
+        lines += ["", "† reused from a run made with an earlier pipeline hash (older harden defaults or YAML); its "
+                  "report.json in the run folder says exactly what ran."]
     lines += ["", "Means per pipeline over the backdoored models (clean-accuracy drop over all models):", "",
               "| pipeline | mean ASR after | mean clean-acc drop (all) | drop on clean models | mean DER |",
               "|---|---|---|---|---|"]
@@ -170,6 +174,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="model folder names to include")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value for every run")
     ap.add_argument("--readme", action="store_true", help="also splice the table into README.md (bench:<name>)")
+    ap.add_argument("--reuse-stale", action="store_true",
+                    help="reuse finished runs even when their pipeline hash differs (an older harden or YAML); such "
+                         "rows are marked † in the table")
     args = ap.parse_args()
     if not args.models.is_dir():
         sys.exit(f"benchmark: no model folder at {args.models}; pass --models DIR or set HARDEN_ZOO")
@@ -178,7 +185,7 @@ def main() -> None:
     try:
         for pipeline in args.pipelines:
             for folder in folders:
-                rows.append(run_one(pipeline, folder, args.runs, args.overrides))
+                rows.append(run_one(pipeline, folder, args.runs, args.overrides, args.reuse_stale))
     except HardenError as exc:
         sys.exit(f"benchmark: {exc}")
     results = REPO / "benchmarks" / "results"
