@@ -66,7 +66,7 @@ def plot(curves: list[dict], path: Path) -> None:
         if any("asr" in p for p in c["points"]):
             ax.plot(ts, [100 * p.get("asr", np.nan) for p in c["points"]], "s-", label="ASR")
         if c["chosen"] is not None:
-            ax.axvline(c["chosen"], color="k", ls="--", lw=1, label="chosen on clean data")
+            ax.axvline(c["chosen"], color="k", ls="--", lw=1, label="guard's choice (tune split)")
         ax.invert_xaxis()
         ax.set_title(f"{c['model']} ({c['scorer']})", fontsize=9)
         ax.set_xlabel("threshold (prune score > t)")

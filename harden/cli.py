@@ -201,11 +201,13 @@ def zoo_train(attack: str, out: Path, arch: str, width: int, train_path: Path | 
 
 STAGES = [
     ("ingest", "load the model safely (safetensors / weights-only) and the data; split clean data tune/held-out"),
+    ("scan", "optional Neural Cleanse: is there a class a tiny trigger reaches? (sets the pruning budget, ITASR)"),
     ("score", "score every conv channel for backdoor suspicion with the configured scorer(s); fuse several"),
     ("prune", "physically remove flagged channels with torch-pruning; round widths; zero coupled branches"),
     ("finetune", "SGD + cosine on the tune split, early stopping on the held-out split"),
     ("export", "ONNX (dynamo, legacy fallback), checker, onnxslim, metadata, onnxruntime parity"),
     ("verify", "clean accuracy and ASR of the named triggers, before and after (on the ONNX when exported)"),
+    ("gate", "optional: thresholds on the report; exit code 3 and no promotion alias when a check fails"),
 ]
 
 
