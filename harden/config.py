@@ -219,8 +219,10 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, cwd: Pat
         raise ConfigError(path, problems)
     try:
         cfg = PipelineConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(path, [describe_error(e) for e in exc.errors()]) from None
+    except ValidationError as exc:  # report missing files in the same message, not one round later
+        schema = [describe_error(e) for e in exc.errors()]
+        raise ConfigError(path, schema + _missing_raw_files(raw, path.parent.resolve(), (cwd or Path.cwd()).resolve(),
+                                                            overridden, {k for k, _ in schema})) from None
     cfg = _resolve_paths(cfg, path.parent.resolve(), (cwd or Path.cwd()).resolve(), overridden)
     problems = _check_files(cfg)
     if problems:
@@ -345,6 +347,23 @@ def _resolve_paths(cfg: PipelineConfig, yaml_dir: Path, cwd: Path, overridden: s
         return obj
 
     return walk(cfg, "")
+
+
+def _missing_raw_files(raw: dict[str, Any], yaml_dir: Path, cwd: Path, overridden: set[str],
+                       already: set[str]) -> list[tuple[str, str]]:
+    """The main input paths, checked on the raw YAML when the schema itself failed."""
+    problems = []
+    for key in ("model.path", "data.clean.path", "data.test.path"):
+        node: Any = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, str) or key in already:
+            continue
+        p = Path(node).expanduser()
+        p = p if p.is_absolute() else (cwd if key in overridden else yaml_dir) / p
+        if not p.exists():
+            problems.append((key, f"no such file or folder: {p}"))
+    return problems
 
 
 def _check_files(cfg: PipelineConfig) -> list[tuple[str, str]]:

@@ -92,3 +92,16 @@ def test_shipped_pipelines_validate_against_the_schema(yaml_file, monkeypatch):
 
     raw = yaml.safe_load(yaml_file.read_text())
     PipelineConfig.model_validate(raw)  # schema only: the data paths may not exist on this machine
+
+
+def test_missing_files_are_reported_together_with_schema_mistakes(tmp_path):
+    from harden.config import load_pipeline
+    from harden.errors import ConfigError
+
+    bad = tmp_path / "p.yaml"
+    bad.write_text("model: {path: nowhere}\ndata: {clean: {path: missing.npz, heldout_fraction: 2}}\n"
+                   "stages: {prune: {coupled: sideways}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(bad)
+    keys = [k for k, _ in err.value.problems]
+    assert keys == ["data.clean.heldout_fraction", "stages.prune.coupled", "model.path", "data.clean.path"]
