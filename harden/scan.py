@@ -21,8 +21,9 @@ from .artifacts import InputContract
 from .base import StrictModel
 from .data import ImageSet
 from .progress import track
+from .scorers.fusion import MAD_TO_SIGMA
 
-MAD_TO_SIGMA = 1.4826
+
 _EPS = 1e-7
 
 
