@@ -43,7 +43,7 @@ def sweep(pipeline: Path, folder: Path, n_test: int) -> dict:
     triggers = cfg.stages.verify.triggers
     points = []
     for t in SWEEP.get(scores.method, scores.thresholds or []):
-        masked, _, _ = prune.masked_model(prep, select.rethreshold(scores, t), cfg.stages.prune)
+        masked, *_ = prune.masked_model(prep, select.rethreshold(scores, t), cfg.stages.prune)
         predict = torch_predictor(masked, art.contract, dev)
         point = {"threshold": t, "clean_acc": accuracy(predict, test)}
         for name, trig in triggers.items():

@@ -98,6 +98,8 @@ class PruneResult:
     macs_before: int
     macs_after: int
     max_abs_diff_vs_masked: float
+    folded: dict[str, list[int]] = field(default_factory=dict)  # BN -> channels whose constant went into consumers
+    fold_max_abs_diff: float | None = None  # folded model vs the gamma-only (ANP-style) model: border effects
 
 
 @dataclass(frozen=True)

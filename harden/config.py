@@ -101,6 +101,12 @@ class PruneStage(StrictModel):
         0.125, ge=0, le=1, description="most extra channels, as a share of the width, rounding may remove"
     )
     max_layer_fraction: float = Field(0.5, gt=0, le=1, description="never silence more of one layer than this")
+    silence: Literal["zero", "fold"] = Field(
+        "zero", description="a removed channel with its own BN: output 0 (zero gamma and beta, as CLP and "
+        "Fine-Pruning), or keep its constant ReLU(beta) by folding it into the next layer's bias (fold, as ANP's "
+        "gamma-only pruning; exact except at zero-padded borders, and only where the BN feeds convs or a pooled "
+        "Linear, otherwise zeroed)"
+    )
     atol: float = Field(1e-4, gt=0, description="pruned vs masked model tolerance (catches pairing bugs)")
 
 

@@ -147,7 +147,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                 hooks.append(prune.ZeroMask(pr.zeroed))
                 _write_json(out_dir / "pruning.json", {"threshold": chosen.threshold, "selection": chosen.trace,
                                                        "removed": pr.removed, "zeroed": pr.zeroed,
-                                                       "history": pr.history})
+                                                       "folded": pr.folded, "history": pr.history})
                 ctx.tracker.log_file(out_dir / "pruning.json", "prune")
                 ctx.tracker.log_metrics({"params_before": pr.params_before, "params_after": pr.params_after,
                                          "macs_before": pr.macs_before, "macs_after": pr.macs_after,
@@ -155,7 +155,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
             report["prune"] = {"threshold": chosen.threshold, "flagged": scores.num_flagged(),
                                "selection": chosen.trace, "removed": sum(map(len, pr.removed.values())),
                                "zeroed": sum(map(len, pr.zeroed.values())),
-                               "max_abs_diff_vs_masked": pr.max_abs_diff_vs_masked}
+                               "max_abs_diff_vs_masked": pr.max_abs_diff_vs_masked,
+                               "folded": sum(map(len, pr.folded.values())), "fold_max_abs_diff": pr.fold_max_abs_diff}
             report["params"] = {"before": pr.params_before, "after": pr.params_after}
             report["macs"] = {"before": pr.macs_before, "after": pr.macs_after}
         else:

@@ -41,6 +41,10 @@ class ScanConfig(StrictModel):
     max_norm_ratio: float = Field(0.5, gt=0, le=1, description="and when that norm is at most this share of the "
                                   "median norm: with 10 classes the MAD is noisy, so an index above 2 alone is not "
                                   "enough (a clean zoo model reached 2.9 at 0.65 of the median)")
+    decisive_norm_ratio: float = Field(0.25, ge=0, le=1, description="flag whatever the anomaly index when the "
+                                       "smallest norm is at most this share of the median: a trigger that small is "
+                                       "decisive, while the MAD of 10 norms misses it when the other classes spread "
+                                       "widely (a Blended zoo model: index 1.55 at 0.07 of the median); 0: off")
     seed: int = 0
 
 
@@ -143,14 +147,24 @@ def scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanCon
     norms = best.numpy().astype(np.float64)
     failed = [int(i) for i in np.flatnonzero(~np.isfinite(norms))]
     anomaly = anomaly_index(norms)
-    t_star = int(np.argmin(norms)) if np.isfinite(norms).any() else None
-    med = np.median(norms[np.isfinite(norms)]) if np.isfinite(norms).any() else np.inf
-    flagged = (t_star is not None and anomaly[t_star] > cfg.anomaly_threshold
-               and norms[t_star] <= cfg.max_norm_ratio * med)
+    t_star = verdict(norms, anomaly, cfg)
+    flagged = t_star is not None
     return ScanResult(
         norms=[float(v) for v in norms], anomaly=[float(v) for v in anomaly], failed=failed, flagged=bool(flagged),
-        target=t_star if flagged else None, masks=best_mask[:, 0].numpy(), patterns=best_pat.numpy(),
+        target=t_star, masks=best_mask[:, 0].numpy(), patterns=best_pat.numpy(),
     )
+
+
+def verdict(norms: np.ndarray, anomaly: np.ndarray, cfg: ScanConfig) -> int | None:
+    """The suspected target class, or None when the norms show no backdoor."""
+    finite = np.isfinite(norms)
+    if not finite.any():
+        return None
+    t_star = int(np.argmin(norms))
+    med = float(np.median(norms[finite]))
+    small = norms[t_star] <= cfg.max_norm_ratio * med and anomaly[t_star] > cfg.anomaly_threshold
+    decisive = norms[t_star] <= cfg.decisive_norm_ratio * med
+    return t_star if small or decisive else None
 
 
 def inverted_trigger_asr(result: ScanResult, npz: Path, before, after, heldout: ImageSet,

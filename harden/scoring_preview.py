@@ -21,7 +21,7 @@ def preview(cfg: PipelineConfig, out_dir: Path) -> str:
     outcome = score.run(cfg.stages.score, inp.model, inp.tune)
     prep = prune.prepare(inp.model)
     chosen = select.run(cfg.stages.prune, inp.model, outcome.combined, inp.tune, prep, resolve_device(cfg.device))
-    _, plan, _ = prune.masked_model(prep, chosen.scores, cfg.stages.prune)
+    _, plan, *_ = prune.masked_model(prep, chosen.scores, cfg.stages.prune)
     files = []
     for name, scores in {**outcome.per_method, **({"fused": outcome.combined} if len(outcome.per_method) > 1
                                                    else {})}.items():

@@ -6,6 +6,7 @@ import torch
 from harden.artifacts import ChannelScores, InputContract, LayerScores, ModelArtifact
 from harden.config import PruneStage
 from harden.models import create_model
+from harden.models import surgery
 from harden.models.surgery import find_classifier
 from harden.stages import prune
 
@@ -117,3 +118,65 @@ def test_layer_cap_limits_removal():
     out, res = prune.run(PruneStage(round_to=1, max_layer_fraction=0.25), _artifact(model), scores,
                          torch.device("cpu"))
     assert out.model.features[8].out_channels == 48
+
+
+def _constant_net():
+    """1x1 consumers and a pooled Linear: the fold is exact there (no zero-padded borders)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10),
+    )
+    with torch.no_grad():  # positive betas: ReLU(beta) is a real constant, not 0
+        for bn in (net[1], net[4]):
+            bn.bias.copy_(torch.rand(8) + 0.5)
+    return _randomize_bn_stats(net).eval()
+
+
+def _randomize_bn_stats(model):
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model
+
+
+def test_constant_routes_follow_the_traced_graph():
+    routes = surgery.constant_routes(create_model("preact_resnet18", 10, {"width": 16}))
+    assert routes["layer1.0.bn2"].consumers == ("layer1.0.conv2",) and routes["layer1.0.bn2"].relu
+    assert set(routes["layer2.0.bn1"].consumers) == {"layer2.0.conv1", "layer2.0.shortcut.0"}
+    assert routes["bn"].consumers == ("linear",)
+    plain = surgery.constant_routes(create_model("cifar_resnet18", 10, {"width": 16}))
+    assert "layer1.0.bn1" in plain and "layer1.0.bn2" not in plain  # bn2 feeds the residual add: not foldable
+
+
+def test_fold_keeps_the_gamma_only_output_and_zero_does_not():
+    net = _constant_net()
+    flagged = {"0": [2, 5], "3": [1]}
+    reference = copy.deepcopy(net)  # ANP's operation: gamma = 0, beta kept
+    with torch.no_grad():
+        reference[1].weight[[2, 5]] = 0
+        reference[4].weight[[1]] = 0
+    x = torch.randn(6, 3, 16, 16)
+    outs = {}
+    for mode in ("fold", "zero"):
+        out, res = prune.run(PruneStage(coupled="remove", round_to=1, silence=mode), _artifact(net, 16),
+                             _scores(net, flagged), torch.device("cpu"))
+        assert res.max_abs_diff_vs_masked <= 1e-4 and out.model[0].out_channels == 6 and out.model[3].out_channels == 7
+        with torch.no_grad():
+            outs[mode] = (out.model(x) - reference(x)).abs().max().item()
+        if mode == "fold":
+            assert res.folded == {"1": [2, 5], "4": [1]} and res.fold_max_abs_diff < 1e-5
+    assert outs["fold"] < 1e-5 < 1e-2 < outs["zero"]
+
+
+def test_fold_on_3x3_consumers_is_exact_inside_and_reported():
+    model = _randomize_bn(create_model("preact_resnet18", 10, {"width": 16}))
+    out, res = prune.run(PruneStage(round_to=1, silence="fold"), _artifact(model),
+                         _scores(model, {"layer1.0.conv1": [1, 5], "layer4.0.conv1": [7]}), torch.device("cpu"))
+    assert res.max_abs_diff_vs_masked <= 1e-4
+    assert res.folded == {"layer1.0.bn2": [1, 5], "layer4.0.bn2": [7]}
+    assert out.model.layer1[0].conv2.bias is not None and 0 < res.fold_max_abs_diff < 1.0

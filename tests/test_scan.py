@@ -8,7 +8,7 @@ from harden.attacks import PoisonConfig, build_trigger
 from harden.attacks.triggers import PatchTrigger
 from harden.data import ImageSet
 from harden.models import create_model
-from harden.scan import ScanConfig, anomaly_index, scan
+from harden.scan import ScanConfig, anomaly_index, scan, verdict
 from harden.train import TrainSettings, train
 from harden.zoo import poisoned_training_set
 
@@ -20,6 +20,19 @@ def test_anomaly_index_is_mad_based_and_ignores_failed_classes():
     a = anomaly_index(norms)
     assert a[-1] == 0.0 and a[4] == pytest.approx(abs(2.0 - 10.0) / (1.4826 * 1.0))
     assert a[4] > 2 and (a[:4] < 2).all()
+
+
+@pytest.mark.parametrize("norms, expected", [
+    ([5.0, 44, 94, 76, 59, 61, 65, 59, 68, 38], 0),  # small and anomalous (a BadNets-like spread)
+    ([6.0, 68, 157, 158, 128, 57, 108, 150, 68, 67], 0),  # wide spread hides it from the MAD; the ratio is decisive
+    ([76.0, 49, 80, 70, 73, 68, 66, 80, 78, 46], None),  # anomalous-looking index on a tight spread, normal ratio
+    ([73.0, 58, 88, 90, 71, 60, 64, 73, 83, 41], None),
+    ([np.inf] * 10, None),
+])
+def test_verdict_needs_a_small_norm_and_accepts_a_decisive_ratio_alone(norms, expected):
+    norms = np.array(norms)
+    assert verdict(norms, anomaly_index(norms), ScanConfig()) == expected
+    assert verdict(norms, anomaly_index(norms), ScanConfig(decisive_norm_ratio=0)) == (0 if norms[0] == 5 else None)
 
 
 @pytest.fixture(scope="module")

@@ -106,3 +106,67 @@ def feature_producers(model: nn.Module, classifier: str) -> list[str]:
     if not convs:
         raise ModelLoadError(f"cannot find the conv feature map feeding {classifier!r} in {type(model).__name__}")
     return sorted(convs)
+
+
+# Ops through which a per-channel constant stays the same per-channel constant (ReLU is applied to the value).
+_RELU_FUNCTIONS = {torch.relu, nn.functional.relu}
+_CONST_PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AdaptiveAvgPool2d, nn.Flatten)
+
+
+@dataclass(frozen=True)
+class ConstantRoute:
+    """Where a BatchNorm2d's output goes when its channels become constants (gamma = 0): through an optional ReLU
+    into consumers that can absorb a per-input-channel constant as a bias (convs without groups, or a Linear after
+    global average pooling)."""
+
+    bn: str
+    relu: bool
+    consumers: tuple[str, ...]
+
+
+def constant_routes(model: nn.Module) -> dict[str, ConstantRoute]:
+    """Every BatchNorm2d whose output reaches only bias-absorbing consumers (algorithms.md §0.1-4). BNs feeding a
+    residual add, a non-global pooling or anything else are left out: their constant cannot be folded exactly."""
+    gm = trace(model)
+    modules = dict(gm.named_modules())
+    routes = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], nn.BatchNorm2d):
+            route = _route(node, modules)
+            if route is not None:
+                routes[str(node.target)] = ConstantRoute(str(node.target), *route)
+    return routes
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return ((node.op == "call_function" and node.target in _RELU_FUNCTIONS)
+            or (node.op == "call_method" and node.target == "relu")
+            or (node.op == "call_module" and isinstance(modules[node.target], nn.ReLU)))
+
+
+def _route(bn: fx.Node, modules: dict[str, nn.Module]) -> tuple[bool, tuple[str, ...]] | None:
+    relu, consumers = False, []
+    queue, pooled = deque((u, False) for u in bn.users), False
+    while queue:
+        node, pooled = queue.popleft()
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        if _is_relu(node, modules):
+            if relu or pooled:
+                return None  # keep it simple: one activation, before any pooling
+            relu = True
+        elif isinstance(mod, nn.Conv2d) and mod.groups == 1 and not pooled:
+            consumers.append(str(node.target))
+            continue
+        elif isinstance(mod, nn.Linear) and pooled:
+            consumers.append(str(node.target))
+            continue
+        elif isinstance(mod, _CONST_PASS_MODULES) or (
+                node.op == "call_function" and node.target is torch.flatten) or (
+                node.op == "call_method" and node.target in ("flatten", "view", "reshape")):
+            pooled = pooled or isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1))
+            if isinstance(mod, nn.AdaptiveAvgPool2d) and not pooled:
+                return None
+        else:
+            return None
+        queue.extend((u, pooled) for u in node.users)
+    return (relu, tuple(consumers)) if consumers else None

@@ -24,7 +24,7 @@ import torch_pruning as tp
 from ..artifacts import ChannelScores, ModelArtifact, PruneResult
 from ..config import PruneStage
 from ..errors import StageError
-from ..models.surgery import pair_convs_with_bns
+from ..models.surgery import ConstantRoute, constant_routes, pair_convs_with_bns
 
 
 @dataclass
@@ -140,6 +140,43 @@ def _zero_targets(groups: list[_Group], plan: _Plan, pairs: dict) -> dict[str, s
     return targets
 
 
+def fold_constants(model: nn.Module, targets: dict[str, set[int]], routes: dict[str, ConstantRoute]
+                   ) -> dict[str, list[int]]:
+    """For each silenced BN channel with a foldable route, add its constant output ReLU(beta) times the consumers'
+    weights to their biases (algorithms.md §0.1-4), so zeroing the channel afterwards keeps what gamma = 0 gave."""
+    folded = {}
+    with torch.no_grad():
+        for bn_name, idxs in targets.items():
+            route = routes.get(bn_name)
+            if route is None or not idxs:
+                continue
+            idx = sorted(idxs)
+            const = model.get_submodule(bn_name).bias[idx].clone()
+            if route.relu:
+                const = const.clamp_min(0)
+            for name in route.consumers:
+                mod = model.get_submodule(name)
+                w = mod.weight[:, idx]
+                shift = (w.sum((2, 3)) if w.dim() == 4 else w) @ const
+                if mod.bias is None:
+                    mod.bias = nn.Parameter(torch.zeros(mod.weight.shape[0], dtype=w.dtype, device=w.device))
+                mod.bias += shift
+            folded[bn_name] = idx
+    return folded
+
+
+def gamma_only(prep: "Prepared", targets: dict[str, set[int]], folded: dict[str, list[int]]) -> nn.Module:
+    """The reference operation the fold approximates: folded BN channels keep beta (gamma = 0), the rest zeroed."""
+    model = copy.deepcopy(prep.original)
+    with torch.no_grad():
+        for name, idxs in targets.items():
+            if name in folded:
+                model.get_submodule(name).weight[sorted(idxs)] = 0
+            else:
+                _zero(model, name, sorted(idxs))
+    return model
+
+
 class ZeroMask:
     """Training hook: keeps silenced channels at exactly 0 through fine-tuning (they must stay gone)."""
 
@@ -164,23 +201,27 @@ class Prepared:
     groups: list[_Group]
     pairs: dict
     example: torch.Tensor
+    routes: dict[str, ConstantRoute] = field(default_factory=dict)  # BNs whose constants can be folded
 
 
 def prepare(art: ModelArtifact) -> Prepared:
     example = torch.randn(2, *art.contract.input_size, generator=torch.Generator().manual_seed(0))
     original = copy.deepcopy(art.model).cpu().eval()
     groups = _groups(original, _graph(original, example[:1]), art.classifier)
-    return Prepared(original, groups, pair_convs_with_bns(original), example)
+    return Prepared(original, groups, pair_convs_with_bns(original), example, constant_routes(original))
 
 
-def masked_model(prep: Prepared, scores: ChannelScores, cfg: PruneStage) -> tuple[nn.Module, _Plan, dict]:
-    """A copy of the source with every planned channel silenced in place: what pruning must equal."""
+def masked_model(prep: Prepared, scores: ChannelScores, cfg: PruneStage
+                 ) -> tuple[nn.Module, _Plan, dict, dict[str, list[int]]]:
+    """A copy of the source with every planned channel silenced in place (constants folded first when asked): what
+    pruning must equal. Returns (model, plan, zero targets, folded BN channels)."""
     plan = plan_removal(prep.groups, scores, cfg)
     targets = _zero_targets(prep.groups, plan, prep.pairs)
     masked = copy.deepcopy(prep.original)
+    folded = fold_constants(masked, targets, prep.routes) if cfg.silence == "fold" else {}
     for name, idxs in targets.items():
         _zero(masked, name, sorted(idxs))
-    return masked, plan, targets
+    return masked, plan, targets, folded
 
 
 def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torch.device,
@@ -189,7 +230,7 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torc
     prep = prep or prepare(art)
     example = prep.example
     macs_before, params_before = count(prep.original, example[:1])
-    masked, plan, targets = masked_model(prep, scores, cfg)
+    masked, plan, targets, folded = masked_model(prep, scores, cfg)
     groups = prep.groups
     pruned = copy.deepcopy(masked)
     dg = _graph(pruned, example[:1])
@@ -215,6 +256,10 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torc
     if not diff <= cfg.atol:
         raise StageError("prune", f"pruned model differs from the masked model by {diff:.2e} > atol {cfg.atol:.0e}; "
                                   "this is a graph-pairing bug in harden, please report it with the model")
+    fold_diff = None
+    if folded:
+        with torch.inference_mode():
+            fold_diff = float((gamma_only(prep, targets, folded)(example) - masked(example)).abs().max())
     macs_after, params_after = count(pruned, example[:1])
     result = PruneResult(
         removed=plan.remove,
@@ -225,6 +270,8 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torc
         macs_before=macs_before,
         macs_after=macs_after,
         max_abs_diff_vs_masked=diff,
+        folded=folded,
+        fold_max_abs_diff=fold_diff,
     )
     out = copy.copy(art)
     out.model = pruned.to(device).eval()

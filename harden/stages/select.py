@@ -61,7 +61,7 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageS
     candidates = sel.thresholds or scores.thresholds or SCORERS.get(scores.method).thresholds
     for t in sorted(candidates, reverse=True):  # least pruning first
         candidate = rethreshold(scores, t)
-        masked, _, _ = masked_model(prep, candidate, cfg)
+        masked, *_ = masked_model(prep, candidate, cfg)
         acc = accuracy(torch_predictor(masked, contract, device), tune, label=f"tune accuracy (threshold {t:g})")
         drop = (base - acc) / max(base, 1e-12)
         trace.append({"threshold": t, "flagged": candidate.num_flagged(), "tune_acc": acc, "relative_drop": drop})
