@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.latency import onnx_latency_ms, source_onnx  # noqa: E402
 from harden.attacks.groundtruth import read_attack, trigger_from_attack  # noqa: E402
-from harden.config import load_pipeline  # noqa: E402
+from harden.config import digest_of_resolved, load_pipeline  # noqa: E402
 from harden.errors import HardenError  # noqa: E402
 from harden.pipeline import run_pipeline  # noqa: E402
 
@@ -57,7 +57,7 @@ def run_one(pipeline: Path, folder: Path, runs: Path, overrides: list[str], reus
     report_path = out / "report.json"
     if report_path.is_file():
         old = json.loads(report_path.read_text())
-        same = old.get("pipeline", {}).get("sha256") == cfg.digest()
+        same = cfg.digest() in (old.get("pipeline", {}).get("sha256"), digest_of_resolved(out / "config.resolved.yaml"))
         if same or reuse_stale:
             print(f"  reuse {out}" + ("" if same else " (stale: made with another pipeline hash)"), flush=True)
             return {**row(pipeline.stem, folder, attack, old, out), "stale": not same}
@@ -90,14 +90,17 @@ def row(pipeline: str, folder: Path, attack: dict[str, Any], r: dict[str, Any], 
     return res
 
 
+STAGE_SECONDS = ("scan", "score", "prune", "polarize", "finetune", "total")
+
+
 def pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f}"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = ["pipeline", "model", "clean acc before → after", "ASR before → after", "robust acc", "DER",
-            "params after / before", "MACs after / before", "ONNX latency after / before", "seconds (score / prune / "
-            "finetune / total)"]
+            "params after / before", "MACs after / before", "ONNX latency after / before", "seconds (scan / score / "
+            "prune / polarize / finetune / total)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         s = r["seconds"]
@@ -107,7 +110,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{pct(r['asr_before'])} → {pct(r['asr_after'])}", pct(r["robust_acc_after"]),
             "—" if r["der"] is None else f"{100 * r['der']:.1f}",
             f"{r['params_after'] / r['params_before']:.2f}", f"{r['macs_after'] / r['macs_before']:.2f}", lat,
-            " / ".join(f"{s.get(k, 0):.0f}" for k in ("score", "prune", "finetune", "total")),
+            " / ".join(f"{s.get(k, 0):.0f}" for k in STAGE_SECONDS),
         ]) + " |")
     if any(r.get("stale") for r in rows):
         lines += ["", "† reused from a run made with an earlier pipeline hash (older harden defaults or YAML); its "

@@ -19,6 +19,7 @@ from .base import StrictModel
 from .errors import ConfigError
 from .scorers import SCORERS
 from .gate import GateConfig
+from .polarizer import PolarizeConfig
 from .scan import ScanConfig
 from .scorers.fusion import FusionConfig
 
@@ -87,6 +88,10 @@ class SelectPolicy(StrictModel):
     unflagged_relative_drop: Optional[float] = Field(
         None, ge=0, lt=1, description="the budget instead, when a Neural Cleanse scan ran and found no backdoor "
         "(algorithms.md §7: data-free stages still run, with tighter budgets)")
+    itasr_tolerance: Optional[float] = Field(
+        None, ge=0, le=1, description="when the scan flagged the model, a trigger-free tie-break: among candidates "
+        "within budget, take the least pruning one whose inverted-trigger ASR on the tune split is within this of "
+        "the lowest (null: always the most pruning candidate within budget)")
 
 
 class PruneStage(StrictModel):
@@ -147,6 +152,7 @@ class Stages(StrictModel):
     scan: ScanConfig = Field(default_factory=ScanConfig, description="Neural Cleanse: is the model backdoored?")
     score: ScoreStage = Field(default_factory=ScoreStage)
     prune: PruneStage = Field(default_factory=PruneStage)
+    polarize: PolarizeConfig = Field(default_factory=PolarizeConfig, description="Neural Polarizer (off by default)")
     finetune: FinetuneStage = Field(default_factory=FinetuneStage)
     export: ExportStage = Field(default_factory=ExportStage)
     verify: VerifyStage = Field(default_factory=VerifyStage)
@@ -178,8 +184,10 @@ class PipelineConfig(StrictModel):
         return self
 
     def digest(self) -> str:
-        """sha256 of the resolved configuration (paths included): the pipeline hash in lineage and ONNX metadata."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """sha256 of the resolved configuration (paths included): the pipeline hash in lineage and ONNX metadata.
+        Settings left at their defaults are not part of it, so a harden release that adds an option (default off)
+        does not change the hash of an existing pipeline."""
+        blob = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 
@@ -390,3 +398,11 @@ def _check_files(cfg: PipelineConfig) -> list[tuple[str, str]]:
 
 def resolved_dict(cfg: PipelineConfig) -> dict[str, Any]:
     return copy.deepcopy(cfg.model_dump(mode="json"))
+
+
+def digest_of_resolved(path: Path) -> str | None:
+    """The digest, under today's schema, of a run's config.resolved.yaml (None when it no longer validates)."""
+    try:
+        return PipelineConfig.model_validate(yaml.safe_load(path.read_text())).digest()
+    except (OSError, yaml.YAMLError, ValidationError):
+        return None

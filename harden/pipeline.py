@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from . import __version__, gate
+from . import __version__, gate, polarizer
 from .artifacts import ModelArtifact
 from .config import PipelineConfig, resolved_dict
 from .context import RunContext, resolve_device
@@ -24,7 +24,7 @@ from .evaluate import accuracy, onnx_predictor, torch_predictor
 from .lineage import MlflowTracker, NullTracker, Tracker, atomic_write_bytes, default_tracking_uri
 from .progress import console
 from .plots import inverted_triggers
-from .scan import inverted_trigger_asr
+from .scan import inverted_asr, inverted_trigger_asr
 from .scan import scan as scan_model
 from .stages import export, finetune, ingest, prune, score, select, verify
 
@@ -137,8 +137,12 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         if st.prune.enabled and scores is not None:
             with stage("prune"):
                 prep = prune.prepare(current)
+                inverted = None
+                if found is not None and found.flagged:
+                    def inverted(m, found=found):
+                        return inverted_asr(m, found, inp.tune, src.contract, ctx.device)
                 chosen = select.run(st.prune, current, scores, inp.tune, prep, ctx.device,
-                                    None if found is None else found.flagged)
+                                    None if found is None else found.flagged, inverted)
                 scores = chosen.scores
                 for i, row in enumerate(chosen.trace):
                     ctx.tracker.log_metrics({"select_tune_acc": row["tune_acc"], "select_flagged": row["flagged"]},
@@ -164,6 +168,21 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
             macs, params = prune.count(src.model.cpu(), example)
             report["params"] = {"before": params, "after": params}
             report["macs"] = {"before": macs, "after": macs}
+
+        if st.polarize.enabled:
+            with stage("polarize"):
+                current, pol = polarizer.run(st.polarize, current, inp.tune, inp.heldout, ctx.device, cfg.seed,
+                                             lambda m: accuracy(torch_predictor(m, src.contract, ctx.device),
+                                                                inp.heldout, label="held-out accuracy"))
+                for row in pol.history:
+                    ctx.tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]},
+                                            step=int(row["epoch"]))
+            if pol.diverged:
+                console.print("[yellow]polarizer training lost too much held-out accuracy; kept it at identity[/]")
+            report["polarize"] = {"at": pol.at, "channels": pol.channels, "epochs_run": pol.epochs_run,
+                                  "diverged": pol.diverged, "heldout_acc_before": pol.heldout_acc_before,
+                                  "heldout_acc_calibrated": pol.heldout_acc_calibrated,
+                                  "heldout_acc_after": pol.heldout_acc_after}
 
         if st.finetune.enabled:
             with stage("finetune"):

@@ -167,6 +167,24 @@ def verdict(norms: np.ndarray, anomaly: np.ndarray, cfg: ScanConfig) -> int | No
     return t_star if small or decisive else None
 
 
+@torch.no_grad()
+def inverted_asr(model: nn.Module, result: ScanResult, data: ImageSet, contract: InputContract,
+                 device: torch.device, batch_size: int = 256) -> float:
+    """Share of ``data``'s non-target images that ``model`` sends to the suspected target once stamped with the
+    inverted trigger (the trigger-free signal the accuracy guard can use; no real trigger involved)."""
+    t = result.target
+    mask = torch.from_numpy(result.masks[t]).to(device)[None, None]
+    pattern = torch.from_numpy(result.patterns[t]).to(device)[None]
+    keep = np.flatnonzero(data.y != t)
+    hits = 0
+    model.eval()
+    for start in range(0, len(keep), batch_size):
+        x = data.batch01(keep[start:start + batch_size], device)
+        logits = model(contract.normalize((1 - mask) * x + mask * pattern))
+        hits += int((logits.argmax(1) == t).sum())
+    return hits / max(len(keep), 1)
+
+
 def inverted_trigger_asr(result: ScanResult, npz: Path, before, after, heldout: ImageSet,
                          num_classes: int) -> dict[str, float]:
     """ITASR (algorithms.md §5): the original model's inverted trigger for the suspected target, stamped on held-out

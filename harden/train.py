@@ -39,6 +39,7 @@ class TrainSettings:
     freeze_bn: bool = True
     clip_grad_norm: float | None = 5.0
     max_regression: float = 0.05  # best fine-tuned score this far below the start means training diverged
+    keep_last: bool = False  # return the last epoch, not the best-scoring one (when the score is not the goal)
 
 
 @dataclass
@@ -139,7 +140,7 @@ def train(
                 break
         score = evaluate(model)
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "heldout_acc": score})
-        if score > best:
+        if score > best or settings.keep_last:
             best, best_epoch, stale = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:

@@ -105,3 +105,19 @@ def test_missing_files_are_reported_together_with_schema_mistakes(tmp_path):
         load_pipeline(bad)
     keys = [k for k, _ in err.value.problems]
     assert keys == ["data.clean.heldout_fraction", "stages.prune.coupled", "model.path", "data.clean.path"]
+
+
+def test_digest_ignores_defaults_and_survives_a_resolved_round_trip(tiny_workspace, tmp_path):
+    import yaml
+
+    from harden.config import digest_of_resolved, resolved_dict
+
+    cfg = load_pipeline(tiny_workspace / "pipeline.yaml")
+    spelled = load_pipeline(tiny_workspace / "pipeline.yaml", ["stages.polarize.enabled=false"])  # the default
+    changed = load_pipeline(tiny_workspace / "pipeline.yaml", ["stages.finetune.epochs=7"])
+    assert cfg.digest() == spelled.digest() != changed.digest()
+    saved = tmp_path / "config.resolved.yaml"
+    saved.write_text(yaml.safe_dump(resolved_dict(cfg)))
+    assert digest_of_resolved(saved) == cfg.digest()
+    saved.write_text("stages: {nonsense: 1}")
+    assert digest_of_resolved(saved) is None

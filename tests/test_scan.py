@@ -8,7 +8,7 @@ from harden.attacks import PoisonConfig, build_trigger
 from harden.attacks.triggers import PatchTrigger
 from harden.data import ImageSet
 from harden.models import create_model
-from harden.scan import ScanConfig, anomaly_index, scan, verdict
+from harden.scan import ScanConfig, anomaly_index, inverted_asr, scan, verdict
 from harden.train import TrainSettings, train
 from harden.zoo import poisoned_training_set
 
@@ -64,6 +64,7 @@ def test_scan_flags_the_planted_backdoor_and_its_target(backdoored_tiny):
     assert result.masks.shape == (4, 16, 16) and result.patterns.shape == (4, 3, 16, 16)
     assert 0 <= result.masks.min() and result.masks.max() <= 1
     assert result.norms[0] == min(result.norms)
+    assert inverted_asr(model, result, held, TINY_CONTRACT, torch.device("cpu")) > 0.9  # the inversion works
 
 
 def test_pipeline_scan_stage_reports_verdict_itasr_and_tighter_budget(backdoored_tiny, tiny_workspace):
@@ -104,3 +105,34 @@ def test_unflagged_model_gets_the_tighter_budget(tiny_cnn):
     trace = select.run(cfg, art, scores, tune, prep, dev, scan_flagged=False).trace
     expected = 0.5 if trace[0]["relative_drop"] <= 0 else None
     assert select.run(cfg, art, scores, tune, prep, dev, scan_flagged=False).threshold == expected
+
+
+def test_inverted_trigger_tie_break_prefers_the_least_pruning_candidate_that_defeats_it(tiny_cnn):
+    from harden.artifacts import ModelArtifact
+    from harden.config import PruneStage
+    from harden.models.surgery import find_classifier
+    from harden.scorers.clp import ClpConfig, ClpScorer
+    from harden.stages import prune, select
+
+    art = ModelArtifact(tiny_cnn, "tiny_cnn", {}, TINY_CONTRACT, None, "", find_classifier(tiny_cnn))
+    tune = ImageSet(*synthetic_images(64, seed=3), "tune", "0")
+    scores = ClpScorer(ClpConfig()).score(tiny_cnn)
+    prep = prune.prepare(art)
+    dev = torch.device("cpu")
+    seen = []
+
+    def inverted(model):  # a stand-in ITASR that falls as candidates prune more
+        seen.append(model)
+        return [0.30, 0.01, 0.0][len(seen) - 1]
+
+    def pick(tolerance, flagged=True):
+        seen.clear()
+        cfg = PruneStage(select={"policy": "accuracy_guard", "thresholds": [0.2, 1.0, 3.0], "max_relative_drop": 0.99,
+                                 "itasr_tolerance": tolerance})
+        return select.run(cfg, art, scores, tune, prep, dev, scan_flagged=flagged, inverted=inverted)
+
+    chosen = pick(0.02)
+    assert chosen.threshold == 1.0 and [r["itasr"] for r in chosen.trace] == [0.30, 0.01, 0.0]
+    assert pick(0.5).threshold == 3.0  # everything within tolerance: the least pruning
+    assert pick(None).threshold == 0.2 and not seen  # off: the most pruning within budget, no ITASR measured
+    assert pick(0.02, flagged=False).threshold == 0.2 and not seen

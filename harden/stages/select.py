@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
+import torch.nn as nn
 
 from ..artifacts import ChannelScores, ModelArtifact
 from ..config import PruneStage
@@ -44,8 +46,10 @@ def top_fraction(scores: ChannelScores, fraction: float) -> Selection:
 
 
 def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageSet, prep: Prepared,
-        device: torch.device, scan_flagged: bool | None = None) -> Selection:
-    """``scan_flagged``: the Neural Cleanse verdict when a scan ran (None: no scan)."""
+        device: torch.device, scan_flagged: bool | None = None,
+        inverted: Callable[[nn.Module], float] | None = None) -> Selection:
+    """``scan_flagged``: the Neural Cleanse verdict when a scan ran (None: no scan). ``inverted``: a model's
+    inverted-trigger ASR on the tune split, when the scan flagged the model (the trigger-free tie-break)."""
     sel = cfg.select
     budget = sel.max_relative_drop
     if scan_flagged is False and sel.unflagged_relative_drop is not None:
@@ -57,16 +61,24 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageS
     contract = art.contract
     base = accuracy(torch_predictor(prep.original, contract, device), tune, label="tune accuracy (unpruned)")
     trace: list[dict[str, float]] = []
-    chosen = None
+    within: list[tuple[float, ChannelScores, float | None]] = []  # candidates within budget, least pruning first
+    tie_break = sel.itasr_tolerance is not None and inverted is not None and bool(scan_flagged)
     candidates = sel.thresholds or scores.thresholds or SCORERS.get(scores.method).thresholds
     for t in sorted(candidates, reverse=True):  # least pruning first
         candidate = rethreshold(scores, t)
         masked, *_ = masked_model(prep, candidate, cfg)
         acc = accuracy(torch_predictor(masked, contract, device), tune, label=f"tune accuracy (threshold {t:g})")
         drop = (base - acc) / max(base, 1e-12)
-        trace.append({"threshold": t, "flagged": candidate.num_flagged(), "tune_acc": acc, "relative_drop": drop})
+        row = {"threshold": t, "flagged": candidate.num_flagged(), "tune_acc": acc, "relative_drop": drop}
+        if drop <= budget and tie_break:
+            row["itasr"] = inverted(masked)
+        trace.append(row)
         if drop <= budget:
-            chosen = (t, candidate)
-    if chosen is None:  # even the mildest candidate costs too much accuracy: prune nothing rather than break the model
+            within.append((t, candidate, row.get("itasr")))
+    if not within:  # even the mildest candidate costs too much accuracy: prune nothing rather than break the model
         return Selection(rethreshold(scores, math.inf), None, trace)
+    chosen = within[-1]  # the most pruning candidate within budget
+    if tie_break:
+        lowest = min(c[2] for c in within)
+        chosen = next(c for c in within if c[2] <= lowest + sel.itasr_tolerance)
     return Selection(chosen[1], chosen[0], trace)
