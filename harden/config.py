@@ -129,6 +129,10 @@ class FinetuneStage(StrictModel):
                                   "images (0: off); restores clean accuracy lost to pruning")
     distill_temperature: float = Field(2.0, gt=0)
     distill_mix: bool = Field(False, description="also distil on mixup blends of clean images (label-free inputs)")
+    contrastive_weight: float = Field(0.0, ge=0, description="MCL (algorithms.md §6): weight of the contrastive term "
+                                      "on inputs stamped with the scan's inverted trigger (0: off; needs "
+                                      "stages.scan, and acts only when the scan flags the model)")
+    contrastive_temperature: float = Field(0.5, gt=0)
     clip_grad_norm: Optional[float] = Field(5.0, gt=0, description="gradient-norm clipping (null: off)")
     max_steps: Optional[int] = Field(None, ge=1, description="cap on optimizer steps (tests and smoke runs)")
 

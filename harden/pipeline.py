@@ -187,13 +187,14 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         if st.finetune.enabled:
             with stage("finetune"):
                 current, ft = finetune.run(st.finetune, current, src.model, inp.tune, inp.heldout, ctx.device,
-                                           cfg.seed, hooks)
+                                           cfg.seed, hooks, found if found is not None and found.flagged else None)
                 for row in ft.history:
                     ctx.tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]},
                                             step=int(row["epoch"]))
             if ft.diverged:
                 console.print("[yellow]fine-tuning diverged (held-out accuracy fell); kept the model from before it[/]")
             report["finetune"] = {"epochs_run": ft.epochs_run, "best_epoch": ft.best_epoch, "diverged": ft.diverged,
+                                  "contrastive": st.finetune.contrastive_weight > 0 and bool(found and found.flagged),
                                   "heldout_acc_start": ft.heldout_acc_before, "heldout_acc_best": ft.best_heldout_acc}
 
         _save_weights(out_dir / "hardened.safetensors", current.model)

@@ -12,6 +12,8 @@ from ..artifacts import FinetuneResult, InputContract, ModelArtifact
 from ..config import FinetuneStage
 from ..data import ImageSet
 from ..evaluate import accuracy, torch_predictor
+from ..mcl import ContrastiveHook, kept_features
+from ..scan import ScanResult
 from ..train import TrainSettings, train
 
 
@@ -48,7 +50,9 @@ class Distill:
 
 
 def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageSet, heldout: ImageSet,
-        device: torch.device, seed: int, hooks: list[object]) -> tuple[ModelArtifact, FinetuneResult]:
+        device: torch.device, seed: int, hooks: list[object], scan: ScanResult | None = None
+        ) -> tuple[ModelArtifact, FinetuneResult]:
+    """``scan``: the Neural Cleanse result when it flagged the model (MCL needs its inverted trigger)."""
     settings = TrainSettings(
         epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
         patience=cfg.patience, augment=cfg.augment, max_steps=cfg.max_steps, seed=seed, freeze_bn=cfg.freeze_bn,
@@ -57,6 +61,12 @@ def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageS
     if cfg.distill_weight > 0:
         hooks = [*hooks, Distill(teacher, art.contract, cfg.distill_weight, cfg.distill_temperature,
                                  cfg.distill_mix, seed)]
+
+    if cfg.contrastive_weight > 0 and scan is not None and scan.target is not None:
+        t = scan.target
+        hooks = [*hooks, ContrastiveHook(teacher, art.classifier, scan.masks[t], scan.patterns[t], art.contract,
+                                         cfg.contrastive_weight, cfg.contrastive_temperature,
+                                         kept_features(art.model, teacher, art.classifier))]
 
     def heldout_acc(model: torch.nn.Module) -> float:
         return accuracy(torch_predictor(model, art.contract, device), heldout, label="held-out accuracy")
