@@ -3,10 +3,9 @@ same exporter and onnxslim) against the hardened ONNX, on one onnxruntime thread
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import numpy as np
+from harden.latency import onnx_latency_ms  # noqa: F401  (re-exported for benchmarks/run.py)
 
 
 def source_onnx(folder: Path, out: Path) -> Path:
@@ -23,24 +22,3 @@ def source_onnx(folder: Path, out: Path) -> Path:
         blob, _ = to_onnx(art.model, torch.zeros(2, *art.contract.input_size), "auto")
         atomic_write_bytes(path, finalize(blob, {}, slim=True).SerializeToString())
     return path
-
-
-def onnx_latency_ms(path: Path, batch: int = 32, repeats: int = 30, threads: int = 1) -> float:
-    """Median milliseconds per batch (after warm-up)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    shape = [batch] + [d for d in sess.get_inputs()[0].shape[1:]]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    feed = {sess.get_inputs()[0].name: x}
-    for _ in range(5):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return float(1000 * np.median(times))

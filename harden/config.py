@@ -19,6 +19,7 @@ from .base import StrictModel
 from .errors import ConfigError
 from .scorers import SCORERS
 from .gate import GateConfig
+from .int8 import Int8Config
 from .polarizer import PolarizeConfig
 from .scan import ScanConfig
 from .scorers.fusion import FusionConfig
@@ -144,6 +145,8 @@ class ExportStage(StrictModel):
     atol: float = Field(1e-4, gt=0, description="max |torch - onnxruntime| allowed on the parity batches")
     min_top1_agreement: float = Field(0.999, ge=0, le=1)
     parity_images: int = Field(256, ge=1)
+    latency: bool = Field(True, description="also export the source model the same way and compare ONNX latency")
+    latency_batches: list[int] = Field([1, 64], min_length=1, description="batch sizes of the latency comparison")
 
 
 class VerifyStage(StrictModel):
@@ -159,6 +162,7 @@ class Stages(StrictModel):
     polarize: PolarizeConfig = Field(default_factory=PolarizeConfig, description="Neural Polarizer (off by default)")
     finetune: FinetuneStage = Field(default_factory=FinetuneStage)
     export: ExportStage = Field(default_factory=ExportStage)
+    int8: Int8Config = Field(default_factory=Int8Config, description="onnxruntime static INT8, verified again")
     verify: VerifyStage = Field(default_factory=VerifyStage)
 
 
@@ -185,6 +189,10 @@ class PipelineConfig(StrictModel):
         unknown = sorted(set(self.gate.max_asr_per_trigger) - set(self.stages.verify.triggers))
         if self.gate.enabled and unknown:
             raise ValueError(f"gate.max_asr_per_trigger names {unknown}, which stages.verify.triggers does not define")
+        if self.stages.int8.enabled and not self.stages.export.enabled:
+            raise ValueError("stages.int8 quantises the exported ONNX: it needs stages.export.enabled: true")
+        if self.gate.max_latency_ratio is not None and not (self.stages.export.enabled and self.stages.export.latency):
+            raise ValueError("gate.max_latency_ratio needs stages.export.enabled and stages.export.latency")
         return self
 
     def digest(self) -> str:

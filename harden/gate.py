@@ -28,6 +28,8 @@ class GateConfig(StrictModel):
     max_onnx_diff: Optional[float] = Field(None, gt=0, description="largest |torch - onnxruntime| logit difference")
     max_itasr: Optional[float] = Field(None, ge=0, le=1, description="largest inverted-trigger ASR after hardening "
                                        "(trigger-free; needs stages.scan; passes when the scan flags nothing)")
+    max_latency_ratio: Optional[float] = Field(None, gt=0, description="largest hardened / source ONNX latency, at "
+                                               "every batch size of stages.export.latency_batches (1.0: no slower)")
     promote_alias: str = Field("production", min_length=1, description="registry alias moved only when the gate passes")
 
 
@@ -66,6 +68,20 @@ def evaluate(cfg: GateConfig, report: dict[str, Any]) -> list[GateCheck]:
             checks.append(GateCheck("itasr", None, cfg.max_itasr, True, "Neural Cleanse found no backdoor to re-test"))
         else:
             at_most("itasr", report["itasr"]["after"], cfg.max_itasr, "inverted-trigger ASR after hardening")
+    int8 = report.get("int8")
+    if int8 is not None:  # the INT8 file ships too: the same limits apply to it
+        for trig in sorted(set(int8["asr"]) | set(cfg.max_asr_per_trigger)):
+            limit = cfg.max_asr_per_trigger.get(trig, cfg.max_asr)
+            if limit is not None:
+                at_most(f"int8.asr.{trig}", int8["asr"].get(trig), limit, f"INT8 ASR of trigger {trig!r}")
+        if cfg.max_clean_acc_drop is not None and "clean_acc" in report:
+            at_most("int8.clean_acc_drop", report["clean_acc"]["before"] - int8["clean_acc"], cfg.max_clean_acc_drop,
+                    "INT8 clean-accuracy drop")
+    if cfg.max_latency_ratio is not None:
+        for batch, row in sorted(report.get("latency", {}).items()):
+            at_most(f"latency_ratio.{batch}", row["ratio"], cfg.max_latency_ratio, f"latency ratio at {batch}")
+        if not report.get("latency"):
+            checks.append(GateCheck("latency_ratio", None, cfg.max_latency_ratio, False, "latency was not measured"))
     if cfg.max_onnx_diff is not None:
         at_most("onnx_max_abs_diff", report.get("onnx", {}).get("max_abs_diff"), cfg.max_onnx_diff,
                 "ONNX parity max |diff|")

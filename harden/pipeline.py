@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from . import __version__, gate, polarizer
+from . import __version__, gate, int8, latency, polarizer
 from .artifacts import ModelArtifact
 from .config import PipelineConfig, resolved_dict
 from .context import RunContext, resolve_device
@@ -236,6 +236,25 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
             report["itasr"] = {"target": found.target, **itasr}
             ctx.tracker.log_metrics({"itasr_before": itasr["before"], "itasr_after": itasr["after"]})
 
+        if exp is not None and st.export.latency:
+            with stage("latency"):
+                report["latency"] = _latency(current, src, exp.path, out_dir, st.export, st.export.latency_batches)
+                ctx.tracker.log_metrics({f"latency_ratio_{k}": v["ratio"] for k, v in report["latency"].items()})
+        if st.int8.enabled:
+            measured_on = inp.test if inp.test is not None else inp.heldout
+            with stage("int8"):
+                q = int8.quantize(st.int8, exp.path, inp.tune, inp.heldout, src.contract, out_dir)
+                acc, asr, robust = verify.measure(st.verify, onnx_predictor(q.path, src.contract), measured_on,
+                                                  src.contract.num_classes, "INT8")
+                lat = latency.compare(exp.path, q.path, tuple(st.export.latency_batches))
+                ctx.tracker.log_file(q.path, "int8")
+                ctx.tracker.log_metrics({"int8_clean_acc": acc, "int8_top1_agreement": q.top1_agreement,
+                                         **{f"int8_asr_{k}": v for k, v in asr.items()},
+                                         **{f"int8_latency_ratio_{k}": v["ratio"] for k, v in lat.items()}})
+            report["int8"] = {"path": str(q.path), "sha256": q.sha256, "clean_acc": acc,
+                              "asr": asr, "robust_acc": robust, "top1_agreement_vs_fp32": q.top1_agreement,
+                              "max_abs_diff_vs_fp32": q.max_abs_diff, "latency_vs_fp32": lat}
+
         aliases = ("candidate",)
         if cfg.gate.enabled:
             checks = gate.evaluate(cfg.gate, report)
@@ -259,6 +278,16 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         ctx.tracker.log_file(out_dir / "report.json")
         ctx.tracker.log_metrics({"total_seconds": seconds["total"]})
     return PipelineResult(out_dir, report, seconds)
+
+
+def _latency(current: ModelArtifact, src: ModelArtifact, hardened: Path, out_dir: Path, cfg, batches: list[int]
+             ) -> dict[str, dict[str, float]]:
+    """The source model exported the way the hardened one was, then both timed side by side (report only)."""
+    blob, _ = export.to_onnx(src.model, torch.zeros(2, *src.contract.input_size), cfg.exporter)
+    source = out_dir / "source.onnx"
+    atomic_write_bytes(source, export.finalize(blob, {}, cfg.slim).SerializeToString())
+    return {k: {"source_ms": v["reference_ms"], "hardened_ms": v["candidate_ms"], "ratio": v["ratio"]}
+            for k, v in latency.compare(source, hardened, tuple(batches)).items()}
 
 
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -65,3 +65,24 @@ def test_run_exit_code_and_promotion_follow_the_gate(tiny_workspace, parity, cod
     assert ("production" in aliases) == alias
     if not alias:
         assert "gate FAILED" in proc.stderr and "ONNX parity" in proc.stderr
+
+
+def test_int8_file_and_latency_face_the_same_limits():
+    report = {**REPORT, "int8": {"asr": {"badnets": 0.31, "blended": 0.1}, "clean_acc": 0.81},
+              "latency": {"batch_1": {"ratio": 0.8}, "batch_64": {"ratio": 1.2}}}
+    cfg = GateConfig(enabled=True, max_asr=0.05, max_asr_per_trigger={"blended": 0.25}, max_clean_acc_drop=0.03,
+                     max_latency_ratio=1.0)
+    checks = {c.name: c for c in evaluate(cfg, report)}
+    assert not checks["int8.asr.badnets"].passed and checks["int8.asr.blended"].passed  # a backdoor back in INT8
+    assert checks["int8.clean_acc_drop"].passed
+    assert checks["latency_ratio.batch_1"].passed and not checks["latency_ratio.batch_64"].passed
+    assert not evaluate(GateConfig(enabled=True, max_latency_ratio=1.0), {})[0].passed
+
+
+def test_int8_and_latency_checks_need_the_export(tiny_workspace):
+    from harden.config import load_pipeline
+    from harden.errors import ConfigError
+
+    for bad in (["stages.int8.enabled=true"], ["gate.enabled=true", "gate.max_latency_ratio=1.0"]):
+        with pytest.raises(ConfigError, match="needs stages.export"):
+            load_pipeline(tiny_workspace / "pipeline.yaml", ["stages.export.enabled=false", *bad])
