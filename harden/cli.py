@@ -138,6 +138,65 @@ def score_cmd(pipeline: Path, out: Path | None, overrides: tuple[str, ...]) -> N
     click.echo(summary)
 
 
+@cli.command("inspect")
+@click.argument("model_uri")
+@click.option("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI).")
+def inspect_cmd(model_uri: str, tracking_uri: str | None) -> None:
+    """Show a registered version (models:/NAME/VERSION or models:/NAME@ALIAS): aliases, gate, metrics, and its
+    lineage back to the source model file and the clean data (sha256s)."""
+    import json
+
+    from .modelstore import inspect
+
+    try:
+        click.echo(json.dumps(inspect(model_uri, tracking_uri), indent=1))
+    except HardenError as exc:
+        _fail(exc)
+
+
+@cli.command()
+@click.argument("model_uri")
+@click.option("--alias", default="production", show_default=True)
+@click.option("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI).")
+def promote(model_uri: str, alias: str, tracking_uri: str | None) -> None:
+    """Point ALIAS at the version in MODEL_URI; refused unless that version's harden gate passed."""
+    from .modelstore import promote as do_promote
+
+    try:
+        version = do_promote(model_uri, alias, tracking_uri)
+    except HardenError as exc:
+        _fail(exc)
+        return
+    click.echo(f"{alias} -> version {version}")
+
+
+@cli.group("export")
+def export_group() -> None:
+    """Serving artefacts for an exported ONNX."""
+
+
+@export_group.command("triton")
+@click.argument("onnx_path", type=click.Path(path_type=Path))
+@click.option("--out", "repo", type=click.Path(path_type=Path), required=True, help="Model repository folder.")
+@click.option("--name", default=None, help="Model name (default: the ONNX file's folder name).")
+@click.option("--version", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--max-batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--instances", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--gpu", is_flag=True, help="KIND_GPU instances instead of KIND_CPU.")
+def export_triton(onnx_path: Path, repo: Path, name: str | None, version: int, max_batch_size: int, instances: int,
+                  gpu: bool) -> None:
+    """Write a Triton model repository (config.pbtxt with dims and dynamic batching, labels.txt) for ONNX_PATH."""
+    from .serving import triton_repository
+
+    try:
+        folder = triton_repository(onnx_path, repo, name or onnx_path.resolve().parent.name, version, max_batch_size,
+                                   instances=instances, kind="KIND_GPU" if gpu else "KIND_CPU")
+    except HardenError as exc:
+        _fail(exc)
+        return
+    click.echo(f"wrote {folder}")
+
+
 @cli.group()
 def zoo() -> None:
     """Red-team zoo: train attacked models in the shared zoo's folder layout (for benchmarks)."""

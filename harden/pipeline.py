@@ -301,7 +301,8 @@ def _example(heldout, src: ModelArtifact) -> np.ndarray:
 def registry_tags(report: dict[str, Any]) -> dict[str, str]:
     """Model-version tags, taken verbatim from report.json so the two always agree."""
     tags = {"source_sha256": report["source"]["sha256"], "pipeline_sha256": report["pipeline"]["sha256"],
-            "harden_version": report["harden_version"], "onnx_sha256": report["onnx"]["sha256"]}
+            "harden_version": report["harden_version"], "onnx_sha256": report["onnx"]["sha256"],
+            "source_path": report["source"]["path"], "clean_sha256": report["data"]["clean_sha256"]}
     if "clean_acc" in report:
         tags["clean_acc"] = repr(report["clean_acc"]["after"])
         tags["clean_acc_before"] = repr(report["clean_acc"]["before"])

@@ -1,0 +1,75 @@
+"""The MLflow model registry as harden's users see it: inspect a registered version's lineage, and promote a
+version to an alias only when its gate passed."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from .errors import HardenError, TrackingError
+
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))$")
+
+
+def _client(tracking_uri: str | None):
+    from .lineage import _quiet_mlflow
+
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise HardenError("no tracking store: pass --tracking-uri (e.g. sqlite:///out/mlflow.db) or set "
+                          "MLFLOW_TRACKING_URI")
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def resolve(client, model_uri: str):
+    m = _URI.match(model_uri)
+    if not m:
+        raise HardenError(f"{model_uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
+    try:
+        if m["version"]:
+            return client.get_model_version(m["name"], m["version"])
+        return client.get_model_version_by_alias(m["name"], m["alias"])
+    except Exception as exc:  # MlflowException for unknown names, versions or aliases; connection errors
+        raise TrackingError(f"{model_uri}: not found in the registry ({str(exc).splitlines()[0][:200]})") from None
+
+
+def inspect(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The version, its aliases and tags, and its lineage: the run that made it, the source model and the data."""
+    client = _client(tracking_uri)
+    mv = resolve(client, model_uri)
+    aliases = list(getattr(mv, "aliases", []) or [])
+    lineage: dict[str, Any] = {"run_id": mv.run_id}
+    if mv.run_id:
+        try:
+            run = client.get_run(mv.run_id)
+            lineage |= {"run_status": run.info.status, "pipeline": run.data.tags.get("mlflow.runName"),
+                        "experiment_id": run.info.experiment_id}
+            children = client.search_runs([run.info.experiment_id],
+                                          filter_string=f"tags.mlflow.parentRunId = '{mv.run_id}'")
+            for child in children:
+                if child.info.run_name == "ingest":
+                    lineage["source"] = {k: child.data.params.get(k) for k in ("source_path", "source_sha256",
+                                                                                "architecture", "model_args")}
+                    lineage["data"] = {d.dataset.name: {t.key: t.value for t in d.tags}.get("sha256")
+                                       for d in child.inputs.dataset_inputs}
+        except Exception as exc:  # a deleted run leaves the version in place: show what is left
+            lineage["error"] = str(exc).splitlines()[0][:200]
+    return {"name": mv.name, "version": str(mv.version), "aliases": aliases, "tags": dict(mv.tags),
+            "source": mv.source, "lineage": lineage}
+
+
+def promote(model_uri: str, alias: str, tracking_uri: str | None = None) -> str:
+    """Point ``alias`` at the version, only when its gate passed. Returns the version."""
+    client = _client(tracking_uri)
+    mv = resolve(client, model_uri)
+    gate = mv.tags.get("gate")
+    if gate != "passed":
+        raise HardenError(f"{model_uri} (version {mv.version}) cannot take alias {alias!r}: its gate "
+                          f"{'failed' if gate == 'failed' else 'did not run'}. Only a version whose harden gate "
+                          "passed is promoted; rerun the pipeline with gate.enabled: true")
+    client.set_registered_model_alias(mv.name, alias, mv.version)
+    return str(mv.version)

@@ -1,0 +1,122 @@
+"""Registry and serving contract: a gate-passed tiny model is promoted, inspected back to its source, served by
+`mlflow models serve` on loopback and answers a real HTTP request; a Triton repository is written for its ONNX."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from .conftest import synthetic_images
+from .test_cli import _harden
+
+
+@pytest.fixture(scope="module")
+def passed_run(tmp_path_factory):
+    from .conftest import SMOKE_YAML, write_model_folder
+    from harden.models import create_model
+    import torch
+
+    ws = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)
+    write_model_folder(ws / "model", create_model("tiny_cnn", 4, {"width": 8}).eval())
+    for name, n, seed in (("clean", 200, 1), ("test", 120, 2)):
+        x, y = synthetic_images(n, seed)
+        np.savez(ws / f"{name}.npz", x=x, y=y)
+    (ws / "pipeline.yaml").write_text(SMOKE_YAML)
+    proc = _harden("run", "pipeline.yaml", "--out", "out", "--set", "gate.enabled=true", "--set", "gate.max_asr=1.0",
+                   "--set", "stages.finetune.max_steps=2", "--set", "stages.export.latency=false", cwd=ws)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return ws, f"sqlite:///{ws / 'out' / 'mlflow.db'}"
+
+
+def test_inspect_shows_gate_and_lineage_to_source_and_data(passed_run):
+    ws, uri = passed_run
+    report = json.loads((ws / "out" / "report.json").read_text())
+    proc = _harden("inspect", "models:/harden-model@production", "--tracking-uri", uri, cwd=ws)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["tags"]["gate"] == "passed" and set(doc["aliases"]) == {"candidate", "production"}
+    assert doc["lineage"]["source"]["source_sha256"] == report["source"]["sha256"]
+    assert doc["tags"]["clean_sha256"] == report["data"]["clean_sha256"]
+    assert len(doc["lineage"]["data"]["clean-tune"]) == 64
+    bad = _harden("inspect", "models:/nope@production", "--tracking-uri", uri, cwd=ws)
+    assert bad.returncode == 2 and "not found in the registry" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_promote_moves_an_alias_only_for_a_passed_gate(passed_run, tiny_workspace):
+    ws, uri = passed_run
+    ok = _harden("promote", "models:/harden-model/1", "--alias", "staging", "--tracking-uri", uri, cwd=ws)
+    assert ok.returncode == 0 and "staging -> version 1" in ok.stdout
+    failing = _harden("run", "pipeline.yaml", "--out", "out", "--set", "gate.enabled=true", "--set",
+                      "gate.max_onnx_diff=1e-12", "--set", "stages.finetune.max_steps=2", cwd=tiny_workspace)
+    assert failing.returncode == 3
+    other = f"sqlite:///{tiny_workspace / 'out' / 'mlflow.db'}"
+    refused = _harden("promote", "models:/harden-model@candidate", "--tracking-uri", other, cwd=tiny_workspace)
+    assert refused.returncode == 2 and "its gate failed" in refused.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_with_the_right_class(passed_run):
+    ws, uri = passed_run
+    import onnxruntime as ort
+
+    onnx_path = ws / "out" / "model.onnx"
+    x, _ = synthetic_images(3, seed=5)
+    from harden.evaluate import onnx_predictor  # noqa: F401  (same normalisation as the pipeline)
+    from .conftest import TINY_CONTRACT
+    import torch
+
+    inputs = TINY_CONTRACT.normalize(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255).numpy()
+    expected = ort.InferenceSession(str(onnx_path)).run(None, {"input": inputs})[0].argmax(1)
+    port = _free_port()
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    server = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/harden-model@production",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "MLFLOW_TRACKING_URI": uri,  # mlflow execs uvicorn from PATH
+                                   "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")},
+                              cwd=ws,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        body = json.dumps({"inputs": inputs.tolist()}).encode()
+        deadline, answer = time.time() + 120, None
+        while time.time() < deadline and answer is None:
+            if server.poll() is not None:
+                pytest.fail("mlflow models serve exited: " + server.stderr.read().decode()[-2000:])
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                             {"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(req, timeout=10).read())
+            except OSError:
+                time.sleep(1)
+        assert answer is not None, "no answer from the server within 120 s"
+        preds = answer["predictions"]
+        logits = np.array(preds["logits"] if isinstance(preds, dict) else [p["logits"] for p in preds])
+        assert logits.shape == (3, 4) and (logits.argmax(1) == expected).all()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_triton_repository_has_dims_batching_and_labels(passed_run, tmp_path):
+    ws, _ = passed_run
+    proc = _harden("export", "triton", "out/model.onnx", "--out", str(tmp_path / "repo"), "--name", "tiny", cwd=ws)
+    assert proc.returncode == 0, proc.stderr
+    cfg = (tmp_path / "repo" / "tiny" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in cfg and "max_batch_size: 64" in cfg
+    assert "dims: [ 3, 16, 16 ]" in cfg and "dims: [ 4 ]" in cfg and "dynamic_batching" in cfg
+    assert (tmp_path / "repo" / "tiny" / "labels.txt").read_text().split() == ["a", "b", "c", "d"]
+    assert (tmp_path / "repo" / "tiny" / "1" / "model.onnx").read_bytes() == (ws / "out" / "model.onnx").read_bytes()
+    (tmp_path / "junk.onnx").write_text("not onnx")
+    bad = _harden("export", "triton", str(tmp_path / "junk.onnx"), "--out", str(tmp_path / "r2"), cwd=ws)
+    assert bad.returncode == 2 and "not a readable ONNX" in bad.stderr
