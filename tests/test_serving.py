@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -120,3 +121,42 @@ def test_triton_repository_has_dims_batching_and_labels(passed_run, tmp_path):
     (tmp_path / "junk.onnx").write_text("not onnx")
     bad = _harden("export", "triton", str(tmp_path / "junk.onnx"), "--out", str(tmp_path / "r2"), cwd=ws)
     assert bad.returncode == 2 and "not a readable ONNX" in bad.stderr
+
+
+def test_onnx_only_server_answers_images_and_refuses_bad_input(passed_run):
+    ws, _ = passed_run
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "harden.serve", str(ws / "out" / "model.onnx"), "--port",
+                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        x, _ = synthetic_images(2, seed=9)
+        import onnxruntime as ort
+        import torch
+        from .conftest import TINY_CONTRACT
+
+        norm = TINY_CONTRACT.normalize(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255).numpy()
+        expected = ort.InferenceSession(str(ws / "out" / "model.onnx")).run(None, {"input": norm})[0].argmax(1)
+
+        def post(doc):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", json.dumps(doc).encode(),
+                                         {"Content-Type": "application/json"})
+            try:
+                return 200, json.loads(urllib.request.urlopen(req, timeout=10).read())
+            except urllib.error.HTTPError as err:
+                return err.code, json.loads(err.read())
+
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, server.stderr.read().decode()[-1000:]
+                time.sleep(0.5)
+        code, doc = post({"images": x.tolist()})
+        assert code == 200 and doc["classes"] == expected.tolist() and doc["labels"][0] in "abcd"
+        code, doc = post({"images": x[:, :8].tolist()})
+        assert code == 400 and "HWC" in doc["error"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
