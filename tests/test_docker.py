@@ -57,3 +57,15 @@ def test_images_follow_pyproject():
     serve_imports = re.findall(r"^(?:from|import) (\S+)", (REPO / "harden" / "serve.py").read_text(), re.M)
     assert not {m.split(".")[0] for m in serve_imports} & {"torch", "mlflow", "harden"}, \
         "the serving image ships serve.py without torch, mlflow or the rest of harden"
+
+
+@pytest.mark.parametrize("name", ["github-actions.yml", "gitlab-ci.yml"])
+def test_ci_examples_run_the_gate_and_publish_junit(name):
+    import yaml
+
+    text = (REPO / "docs" / "ci" / name).read_text()
+    yaml.safe_load(text)  # valid YAML
+    assert "harden run" in text and "gate.enabled=true" in text and "gate-junit.xml" in text
+    assert "models:/" in text and "-c constraints.txt" in text
+    for pkg, version in re.findall(r"\b(torch|torchvision)==(\S+)", text):
+        assert PINS[pkg] == version
