@@ -189,6 +189,8 @@ class PipelineConfig(StrictModel):
         unknown = sorted(set(self.gate.max_asr_per_trigger) - set(self.stages.verify.triggers))
         if self.gate.enabled and unknown:
             raise ValueError(f"gate.max_asr_per_trigger names {unknown}, which stages.verify.triggers does not define")
+        if self.gate.enabled and self.gate.rescan_clean and not (self.stages.scan.enabled and self.stages.scan.rescan):
+            raise ValueError("gate.rescan_clean needs stages.scan.enabled and stages.scan.rescan")
         if self.stages.int8.enabled and not self.stages.export.enabled:
             raise ValueError("stages.int8 quantises the exported ONNX: it needs stages.export.enabled: true")
         if self.gate.max_latency_ratio is not None and not (self.stages.export.enabled and self.stages.export.latency):

@@ -28,6 +28,8 @@ class GateConfig(StrictModel):
     max_onnx_diff: Optional[float] = Field(None, gt=0, description="largest |torch - onnxruntime| logit difference")
     max_itasr: Optional[float] = Field(None, ge=0, le=1, description="largest inverted-trigger ASR after hardening "
                                        "(trigger-free; needs stages.scan; passes when the scan flags nothing)")
+    rescan_clean: bool = Field(False, description="fail when a fresh Neural Cleanse scan of the hardened model still "
+                               "flags it (needs stages.scan.rescan)")
     max_latency_ratio: Optional[float] = Field(None, gt=0, description="largest hardened / source ONNX latency, at "
                                                "every batch size of stages.export.latency_batches (1.0: no slower)")
     promote_alias: str = Field("production", min_length=1, description="registry alias moved only when the gate passes")
@@ -68,6 +70,16 @@ def evaluate(cfg: GateConfig, report: dict[str, Any]) -> list[GateCheck]:
             checks.append(GateCheck("itasr", None, cfg.max_itasr, True, "Neural Cleanse found no backdoor to re-test"))
         else:
             at_most("itasr", report["itasr"]["after"], cfg.max_itasr, "inverted-trigger ASR after hardening")
+    if cfg.rescan_clean:
+        rescan = report.get("rescan")
+        if rescan is None:
+            checks.append(GateCheck("rescan", None, 0, False, "gate.rescan_clean needs stages.scan.rescan"))
+        else:
+            flagged = bool(rescan["flagged"])
+            verdict = f"still flags class {rescan['target']}" if flagged else "finds no backdoor"
+            checks.append(GateCheck("rescan", float(flagged), 0, not flagged,
+                                    f"fresh scan of the hardened model {verdict} (anomaly "
+                                    f"{rescan['max_anomaly']:.2f}, norm ratio {rescan['min_norm_ratio']:.2f})"))
     int8 = report.get("int8")
     if int8 is not None:  # the INT8 file ships too: the same limits apply to it
         for trig in sorted(set(int8["asr"]) | set(cfg.max_asr_per_trigger)):

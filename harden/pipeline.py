@@ -230,6 +230,14 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                                    "after_with": vr.evaluated_after_with}
             report["asr"] = {k: {"before": vr.asr_before[k], "after": vr.asr_after[k]} for k in vr.asr_after}
             report["robust_acc"] = {k: {"after": v} for k, v in vr.robust_acc_after.items()}
+        if st.scan.enabled and st.scan.rescan:  # trigger-free check: is a backdoor still there to find?
+            with stage("rescan"):
+                again = scan_model(current.model, inp.tune, src.contract, st.scan, ctx.device)
+                np.savez(out_dir / "rescan.npz", masks=again.masks, patterns=again.patterns)
+                _write_json(out_dir / "rescan.json", again.summary())
+                ctx.tracker.log_file(out_dir / "rescan.json", "rescan")
+                ctx.tracker.log_metrics({"max_anomaly": again.summary()["max_anomaly"], "flagged": float(again.flagged)})
+            report["rescan"] = again.summary()
         if found is not None and found.flagged:  # trigger-free check: the inverted trigger, on held-out images
             itasr = inverted_trigger_asr(found, out_dir / "scan.npz", before, after, inp.heldout,
                                          src.contract.num_classes)

@@ -46,6 +46,8 @@ class ScanConfig(StrictModel):
                                        "decisive, while the MAD of 10 norms misses it when the other classes spread "
                                        "widely (a Blended zoo model: index 1.55 at 0.07 of the median); 0: off")
     seed: int = 0
+    rescan: bool = Field(False, description="also scan the hardened model afresh (trigger-free verification; "
+                         "costs a second scan); the report gets `rescan` and the gate can require it not to flag")
 
 
 @dataclass(frozen=True)

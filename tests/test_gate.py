@@ -86,3 +86,12 @@ def test_int8_and_latency_checks_need_the_export(tiny_workspace):
     for bad in (["stages.int8.enabled=true"], ["gate.enabled=true", "gate.max_latency_ratio=1.0"]):
         with pytest.raises(ConfigError, match="needs stages.export"):
             load_pipeline(tiny_workspace / "pipeline.yaml", ["stages.export.enabled=false", *bad])
+
+
+def test_rescan_check_fails_while_a_fresh_scan_still_flags():
+    cfg = GateConfig(enabled=True, rescan_clean=True)
+    still = {"rescan": {"flagged": True, "target": 0, "max_anomaly": 3.1, "min_norm_ratio": 0.1}}
+    gone = {"rescan": {"flagged": False, "target": None, "max_anomaly": 1.2, "min_norm_ratio": 0.7}}
+    assert not evaluate(cfg, still)[0].passed and "still flags class 0" in evaluate(cfg, still)[0].message
+    assert evaluate(cfg, gone)[0].passed
+    assert not evaluate(cfg, {})[0].passed

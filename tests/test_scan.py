@@ -78,10 +78,12 @@ def test_pipeline_scan_stage_reports_verdict_itasr_and_tighter_budget(backdoored
     cfg = load_pipeline(tiny_workspace / "pipeline.yaml", [
         "stages.scan.enabled=true", "stages.scan.epochs=15", "stages.scan.steps_per_epoch=4",
         "stages.prune.select.policy=accuracy_guard", "stages.finetune.max_steps=2", "tracking.enabled=false",
-        "stages.finetune.contrastive_weight=1.0"])
+        "stages.finetune.contrastive_weight=1.0", "stages.scan.rescan=true"])
     report = run_pipeline(cfg, tiny_workspace / "out").report
     assert report["scan"]["flagged"] and report["scan"]["target"] == 0
     assert report["finetune"]["contrastive"]  # MCL ran with the inverted trigger
+    assert set(report["rescan"]) >= {"flagged", "max_anomaly", "min_norm_ratio"}  # a fresh scan of the result
+    assert (tiny_workspace / "out" / "rescan.json").is_file()
     assert report["itasr"]["target"] == 0 and report["itasr"]["before"] > 0.9
     for name in ("scan.json", "scan.npz", "scan-triggers.png"):
         assert (tiny_workspace / "out" / name).is_file()
