@@ -9,10 +9,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import yaml
-from pydantic import Field, ValidationError, create_model, model_validator
+from pydantic import Field, StringConstraints, ValidationError, create_model, model_validator
 
 from .attacks.triggers import ArrayRef, TriggerConfig
 from .base import StrictModel
@@ -37,8 +37,17 @@ class InputSpec(StrictModel):
     pixel_scale: float = 255.0
 
 
+RegistryUri = Annotated[str, StringConstraints(pattern=r"^(models|runs):/\S+$")]
+
+
+def is_registry_uri(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("models:/", "runs:/"))
+
+
 class ModelConfig(StrictModel):
-    path: Path
+    path: Union[RegistryUri, Path] = Field(description="a model folder, a weights file, or an MLflow URI "
+                                           "(models:/<name>@<alias>, models:/<name>/<version>, runs:/<run>/<path>) "
+                                           "whose artifacts are such a folder")
     architecture: Optional[str] = None
     model_args: dict[str, Any] = Field(default_factory=dict)
     num_classes: Optional[int] = Field(None, ge=2)
@@ -385,7 +394,7 @@ def _missing_raw_files(raw: dict[str, Any], yaml_dir: Path, cwd: Path, overridde
         node: Any = raw
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, str) or key in already:
+        if not isinstance(node, str) or key in already or is_registry_uri(node):
             continue
         p = Path(node).expanduser()
         p = p if p.is_absolute() else (cwd if key in overridden else yaml_dir) / p
@@ -405,7 +414,7 @@ def _check_files(cfg: PipelineConfig) -> list[tuple[str, str]]:
             if isinstance(ref, ArrayRef):
                 checks.append((f"stages.verify.triggers.{name}.{field_name}.path", ref.path))
     for key, p in checks:
-        if not p.exists():
+        if isinstance(p, Path) and not p.exists():
             problems.append((key, f"no such file or folder: {p}"))
     return problems
 

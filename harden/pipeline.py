@@ -49,7 +49,11 @@ def _save_weights(path: Path, model: torch.nn.Module) -> None:
 def registered_name(cfg: PipelineConfig) -> str:
     if cfg.tracking.registered_model:
         return cfg.tracking.registered_model
-    stem = cfg.model.path.name if cfg.model.path.is_dir() else cfg.model.path.stem
+    path = cfg.model.path
+    if isinstance(path, str):  # models:/name@alias -> name; runs:/id/sub/folder -> folder
+        stem = path.split(":/", 1)[1].split("@")[0].rstrip("/").split("/")[-1 if path.startswith("runs:") else 0]
+    else:
+        stem = path.name if path.is_dir() else path.stem
     return "harden-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)
 
 
@@ -91,7 +95,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         ctx.tracker.log_file(out_dir / "config.resolved.yaml")
 
         with stage("ingest"):
-            inp = ingest.run(cfg)
+            inp = ingest.run(cfg, out_dir / "source")
             src = inp.model
             for name, ds, context in (("clean-tune", inp.tune, "training"), ("clean-heldout", inp.heldout, "validation"),
                                       ("test", inp.test, "evaluation")):
@@ -101,6 +105,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                                     "source_sha256": src.source_sha256, "source_path": str(src.source_path),
                                     "tune_images": len(inp.tune), "heldout_images": len(inp.heldout)})
         report["source"] = {"path": str(src.source_path), "sha256": src.source_sha256,
+                            "uri": cfg.model.path if isinstance(cfg.model.path, str) else None,
                             "architecture": src.architecture, "model_args": src.model_args}
         report["pipeline"] = {"name": cfg.name, "sha256": cfg.digest(), "config": str(config_path or "")}
         report["data"] = {"clean_sha256": inp.clean.sha256, "tune": len(inp.tune), "heldout": len(inp.heldout),

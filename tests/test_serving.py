@@ -160,3 +160,34 @@ def test_onnx_only_server_answers_images_and_refuses_bad_input(passed_run):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_model_path_can_be_a_registry_or_run_uri(tiny_workspace):
+    """A vendor's model folder logged to MLflow is hardened straight from models:/... or runs:/..."""
+    from mlflow.tracking import MlflowClient
+
+    from harden.config import load_pipeline
+    from harden.errors import ModelLoadError
+    from harden.models.loading import sha256_file
+    from harden.pipeline import run_pipeline
+
+    uri = f"sqlite:///{tiny_workspace / 'vendor.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.create_experiment("vendor", artifact_location=(tiny_workspace / "vendor-art").as_uri())
+    run = client.create_run(exp)
+    client.log_artifacts(run.info.run_id, str(tiny_workspace / "model"), "model")
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model("vendor-net")
+    mv = client.create_model_version("vendor-net", f"runs:/{run.info.run_id}/model", run.info.run_id)
+    client.set_registered_model_alias("vendor-net", "candidate", mv.version)
+    want = sha256_file(tiny_workspace / "model" / "model.safetensors")
+    for source in ("models:/vendor-net@candidate", f"runs:/{run.info.run_id}/model"):
+        cfg = load_pipeline(tiny_workspace / "pipeline.yaml", [
+            f"model.path={source}", f"tracking.uri={uri}", "stages.finetune.max_steps=1",
+            "stages.export.latency=false"])
+        report = run_pipeline(cfg, tiny_workspace / "out-uri").report
+        assert report["source"]["sha256"] == want and report["source"]["uri"] == source
+    cfg = load_pipeline(tiny_workspace / "pipeline.yaml", ["model.path=models:/vendor-net@nope", f"tracking.uri={uri}"])
+    with pytest.raises(ModelLoadError, match="cannot fetch it"):
+        run_pipeline(cfg, tiny_workspace / "out-bad")
+

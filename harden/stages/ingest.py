@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..artifacts import InputContract, ModelArtifact
-from ..config import PipelineConfig
+from ..config import PipelineConfig, is_registry_uri
 from ..data import ImageSet, load_images, stratified_split
 from ..errors import DataError
+from ..models.fetch import fetch
 from ..models.loading import load_model
 
 
@@ -20,7 +23,8 @@ class Inputs:
     test: ImageSet | None  # read only for the final report
 
 
-def run(cfg: PipelineConfig) -> Inputs:
+def run(cfg: PipelineConfig, download_dir: Path | None = None) -> Inputs:
+    """``download_dir``: where a model named by an MLflow URI is fetched to (default: a temporary folder)."""
     m = cfg.model
     contract = None
     if m.input is not None:
@@ -30,7 +34,10 @@ def run(cfg: PipelineConfig) -> Inputs:
         labels = tuple(m.input.labels or [str(i) for i in range(n)])
         contract = InputContract(tuple(m.input.size), tuple(m.input.mean), tuple(m.input.std), labels,
                                  m.input.pixel_scale)
-    art = load_model(m.path, m.architecture, m.model_args, m.num_classes, contract)
+    path = m.path
+    if is_registry_uri(path):
+        path = fetch(path, download_dir or Path(tempfile.mkdtemp(prefix="harden-source-")), cfg.tracking.uri)
+    art = load_model(path, m.architecture, m.model_args, m.num_classes, contract)
     c = cfg.data.clean
     clean = load_images(c.path, art.contract, "data.clean", c.limit, cfg.seed)
     missing = sorted(set(range(art.contract.num_classes)) - set(clean.y.tolist()))
