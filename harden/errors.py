@@ -57,3 +57,7 @@ class ExportParityError(HardenError):
 
 class TrackingError(HardenError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+class StorageError(HardenError):
+    """An output cannot be written (disk full, no permission); nothing half-written is left behind."""

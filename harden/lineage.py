@@ -15,7 +15,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from .errors import TrackingError
+from .errors import StorageError, TrackingError
 
 
 class Tracker(Protocol):
@@ -180,8 +180,11 @@ def default_tracking_uri(out: Path) -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}; choose another --out or free space") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -191,7 +194,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs are meant to be shared like any other file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot write {path}: {exc.strerror or exc} (nothing was left half-written); "
+                               "free space or choose another --out") from None
         raise

@@ -40,6 +40,12 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False).encode())
 
 
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _save_weights(path: Path, model: torch.nn.Module) -> None:
     from safetensors.torch import save
 
@@ -117,7 +123,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         if st.scan.enabled:
             with stage("scan"):
                 found = scan_model(src.model, inp.tune, src.contract, st.scan, ctx.device)
-                np.savez(out_dir / "scan.npz", masks=found.masks, patterns=found.patterns)
+                _write_npz(out_dir / "scan.npz", masks=found.masks, patterns=found.patterns)
                 _write_json(out_dir / "scan.json", found.summary())
                 inverted_triggers(found, src.contract.labels, out_dir / "scan-triggers.png")
                 for name in ("scan.json", "scan.npz", "scan-triggers.png"):
@@ -238,7 +244,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         if st.scan.enabled and st.scan.rescan:  # trigger-free check: is a backdoor still there to find?
             with stage("rescan"):
                 again = scan_model(current.model, inp.tune, src.contract, st.scan, ctx.device)
-                np.savez(out_dir / "rescan.npz", masks=again.masks, patterns=again.patterns)
+                _write_npz(out_dir / "rescan.npz", masks=again.masks, patterns=again.patterns)
                 _write_json(out_dir / "rescan.json", again.summary())
                 ctx.tracker.log_file(out_dir / "rescan.json", "rescan")
                 ctx.tracker.log_metrics({"max_anomaly": again.summary()["max_anomaly"], "flagged": float(again.flagged)})

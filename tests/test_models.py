@@ -100,5 +100,5 @@ def test_bare_weights_need_architecture_and_contract(tmp_path, tiny_cnn):
 def test_corrupt_safetensors_is_a_clear_error(tmp_path):
     p = tmp_path / "bad.safetensors"
     p.write_bytes(b"\xff" * 64)
-    with pytest.raises(ModelLoadError, match="not a readable safetensors file"):
+    with pytest.raises(ModelLoadError, match="header claims"):
         load_model(p, "tiny_cnn", {"width": 8}, None, _contract())

@@ -26,11 +26,55 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+MAX_HEADER = 64 << 20  # a safetensors header (JSON) larger than this is refused before it is read
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+             "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+
+
+def check_safetensors(path: Path) -> None:
+    """Validate a safetensors header against the file before any tensor is allocated: header size, JSON, dtypes,
+    shapes and byte ranges that stay inside the file and match their shapes."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelLoadError(f"{path}: too short to be a safetensors file ({size} bytes)")
+        n = int.from_bytes(head, "little")
+        if n > min(MAX_HEADER, size - 8):
+            raise ModelLoadError(f"{path}: safetensors header claims {n} bytes (file: {size}, limit {MAX_HEADER}); "
+                                 "the file is malformed or hostile, refused before reading it")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{path}: safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{path}: safetensors header is not a JSON object")
+    data = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            ok = (dtype in _ITEMSIZE and all(isinstance(d, int) and d >= 0 for d in shape)
+                  and isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data)
+            numel = 1
+            for d in shape:
+                numel *= d
+            ok = ok and end - begin == numel * _ITEMSIZE[dtype]
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ModelLoadError(f"{path}: tensor {str(name)[:80]!r} has an invalid dtype, shape or byte range in the "
+                                 "safetensors header; refused before allocation")
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file or a weights-only torch checkpoint; never an arbitrary pickle."""
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
+
+        check_safetensors(path)
 
         try:
             return load_file(str(path))
