@@ -102,3 +102,41 @@ def test_corrupt_safetensors_is_a_clear_error(tmp_path):
     p.write_bytes(b"\xff" * 64)
     with pytest.raises(ModelLoadError, match="header claims"):
         load_model(p, "tiny_cnn", {"width": 8}, None, _contract())
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt", "pt2"])
+def test_torchscript_and_export_programs_give_their_weights(tmp_path, tiny_cnn, fmt):
+    x = torch.randn(2, 3, 16, 16)
+    model = tiny_cnn.eval()
+    path = tmp_path / f"model.{fmt}"
+    if fmt == "pt2":
+        torch.export.save(torch.export.export(model, (x,)), str(path))
+    else:
+        torch.jit.save(torch.jit.trace(model, x), str(path))
+    art = load_model(path, "tiny_cnn", {"width": 8}, None, _contract())
+    with torch.no_grad():
+        assert torch.allclose(art.model(x), model(x), atol=1e-6)
+
+
+def test_torchscript_with_a_load_hook_is_refused(tmp_path):
+    class Hooked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return x * self.w
+
+        @torch.jit.export
+        def __getstate__(self):
+            return (self.w, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[torch.Tensor, bool]):
+            self.w = state[0]
+            self.training = state[1]
+
+    path = tmp_path / "hooked.torchscript"
+    torch.jit.save(torch.jit.script(Hooked()), str(path))
+    with pytest.raises(ModelLoadError, match="__setstate__"):
+        load_model(path, "tiny_cnn", {"width": 8}, None, _contract())

@@ -1,9 +1,11 @@
-"""Load a third-party model without running foreign code: safetensors, or torch.load(weights_only=True)."""
+"""Load a third-party model without running foreign code: safetensors, torch.load(weights_only=True), or the
+weights of a TorchScript archive / torch.export program (never run: the named architecture is rebuilt)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from ..errors import ModelLoadError
 from .registry import create_model
 from .surgery import find_classifier
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "model.pt2", "model.torchscript")
 
 
 def sha256_file(path: Path) -> str:
@@ -80,6 +82,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from None
+    if path.suffix in (".pt2", ".torchscript", ".ts") or (path.suffix in (".pt", ".pth") and _is_torchscript(path)):
+        return _program_weights(path)
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -94,7 +98,51 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise ModelLoadError(f"{path}: expected a state_dict (name -> tensor), got {type(obj).__name__}")
         return obj
-    raise ModelLoadError(f"{path}: unsupported weights format {path.suffix!r}; use .safetensors, .pt or .pth")
+    raise ModelLoadError(f"{path}: unsupported weights format {path.suffix!r}; use .safetensors, .pt/.pth (weights "
+                         "only), .pt2 (torch.export) or .torchscript")
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _program_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Parameters and buffers of a TorchScript archive or a torch.export program. The program itself is never run:
+    harden rebuilds the architecture named in config.json / the YAML and loads these tensors into it."""
+    import zipfile
+
+    if path.suffix == ".pt2":
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:  # torch.export raises many types for foreign or corrupt archives
+            raise ModelLoadError(f"{path}: not a readable torch.export program ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        state = dict(program.state_dict)
+        state.update({k: v for k, v in getattr(program, "constants", {}).items() if isinstance(v, torch.Tensor)})
+        return {k: v.detach().clone() for k, v in state.items()}
+    try:
+        with zipfile.ZipFile(path) as z:
+            hooks = [n for n in z.namelist() if "/code/" in n and b"__setstate__" in z.read(n)]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelLoadError(f"{path}: not a TorchScript archive ({exc})") from None
+    if hooks:
+        raise ModelLoadError(f"{path}: refused: the TorchScript archive defines __setstate__ ({hooks[0]}), code that "
+                             "would run while loading it. Save the plain weights instead: "
+                             "torch.save(model.state_dict(), 'weights.pt') or safetensors")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; vendors still ship it
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # RuntimeError for corrupt or version-mismatched archives
+        raise ModelLoadError(f"{path}: not a readable TorchScript archive ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path, arch: str) -> None:
