@@ -75,6 +75,43 @@ def _quiet_mlflow() -> None:
     warnings.filterwarnings("ignore", message=".*dataset source can be interpreted.*")
 
 
+class StoreLock:
+    """An exclusive file lock beside a sqlite store, held for each call into it: two pipelines writing to one sqlite
+    file (or creating it at the same moment) take turns instead of failing on "database is locked" or on a half-run
+    schema migration. Other stores (an MLflow server) need no lock."""
+
+    def __init__(self, uri: str):
+        self.path = Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else None
+        self.depth, self.handle = 0, None
+
+    def __enter__(self) -> "StoreLock":
+        if self.path is not None and self.depth == 0:
+            import fcntl
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a")
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.handle is not None and self.depth == 0:
+            import fcntl
+
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+
+def _locked(method):
+    def wrapper(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
+    return wrapper
+
+
 class MlflowTracker:
     """One parent run per pipeline, one nested run per stage; a failing stage ends its runs FAILED."""
 
@@ -87,6 +124,12 @@ class MlflowTracker:
         self.mlflow = mlflow
         self.uri = uri
         self.parent_run_id = None
+        self.lock = StoreLock(uri)
+        with self.lock:
+            self._open(uri, experiment, artifact_root)
+
+    def _open(self, uri: str, experiment: str, artifact_root: Path) -> None:
+        mlflow = self.mlflow
         # mlflow.set_*_uri also exports MLFLOW_*_URI to os.environ; left there, the next pipeline run in this process
         # (the benchmark, library use) and every child process would log into this run's store. Keep the user's.
         saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -123,34 +166,43 @@ class MlflowTracker:
 
     @contextlib.contextmanager
     def _run(self, name: str, nested: bool, tags: dict[str, str]) -> Iterator[Any]:
-        run = self.mlflow.start_run(run_name=name, nested=nested, tags=tags)
+        with self.lock:
+            run = self.mlflow.start_run(run_name=name, nested=nested, tags=tags)
         try:
             yield run
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            with contextlib.suppress(Exception):
-                self.mlflow.set_tag("harden.error", f"{type(exc).__name__}: {str(exc)[:4000]}")
-            self.mlflow.end_run(status=status)
+            with self.lock:
+                with contextlib.suppress(Exception):
+                    self.mlflow.set_tag("harden.error", f"{type(exc).__name__}: {str(exc)[:4000]}")
+                self.mlflow.end_run(status=status)
             raise
-        self.mlflow.end_run(status="FINISHED")
+        with self.lock:
+            self.mlflow.end_run(status="FINISHED")
 
+    @_locked
     def log_params(self, params: dict[str, Any]) -> None:
         self.mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
 
+    @_locked
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
+    @_locked
     def log_dict(self, obj: Any, name: str) -> None:
         self.mlflow.log_dict(obj, name)
 
+    @_locked
     def log_file(self, path: Path, folder: str | None = None) -> None:
         self.mlflow.log_artifact(str(path), artifact_path=folder)
 
+    @_locked
     def log_dataset(self, x: np.ndarray, y: np.ndarray, name: str, source: str, sha256: str, context: str) -> None:
         # from_numpy's own digest hashes only the first 10k values; pass the full-content sha256 instead.
         ds = self.mlflow.data.from_numpy(x[:1], targets=y[:1], name=name, source=source, digest=sha256[:32])
         self.mlflow.log_input(ds, context=context, tags={"sha256": sha256, "images": str(len(y))})
 
+    @_locked
     def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str],
                       aliases: tuple[str, ...] = ("candidate",)) -> str | None:
         import onnx
