@@ -35,8 +35,10 @@ _set_option = click.option(
 @click.argument("pipeline", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder (default: the YAML's `out`, else ./harden-runs/<name>).")
+@click.option("--resume", is_flag=True, help="Reuse the stage outputs a crashed or killed run left in --out "
+              "(same inputs and settings only) and mark its MLflow runs KILLED.")
 @_set_option
-def run(pipeline: Path, out: Path | None, overrides: tuple[str, ...]) -> None:
+def run(pipeline: Path, out: Path | None, overrides: tuple[str, ...], resume: bool) -> None:
     """Run the pipeline in PIPELINE (a YAML file) end to end.
 
     Exit codes: 0 done (and the gate passed, if enabled); 2 could not run (a mistake in the YAML, the model or the
@@ -47,7 +49,7 @@ def run(pipeline: Path, out: Path | None, overrides: tuple[str, ...]) -> None:
 
         cfg = load_pipeline(pipeline, list(overrides))
         out_dir = (out or cfg.out or Path("harden-runs") / cfg.name).resolve()
-        result = run_pipeline(cfg, out_dir, pipeline.resolve())
+        result = run_pipeline(cfg, out_dir, pipeline.resolve(), resume=resume)
     except HardenError as exc:
         _fail(exc)
         return

@@ -38,6 +38,10 @@ class Tracker(Protocol):
     def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str],
                       aliases: tuple[str, ...] = ("candidate",)) -> str | None: ...
 
+    def set_aliases(self, name: str, version: str, aliases: tuple[str, ...]) -> None: ...
+
+    def kill_stale(self, out_dir: Path) -> int: ...
+
 
 class NullTracker:
     """Tracking disabled (tracking.enabled: false) and in unit tests."""
@@ -65,6 +69,11 @@ class NullTracker:
     def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str],
                       aliases: tuple[str, ...] = ("candidate",)) -> str | None:
         return None
+
+    def set_aliases(self, name: str, version: str, aliases: tuple[str, ...]) -> None: ...
+
+    def kill_stale(self, out_dir: Path) -> int:
+        return 0
 
 
 def _quiet_mlflow() -> None:
@@ -154,6 +163,7 @@ class MlflowTracker:
 
     @contextlib.contextmanager
     def pipeline(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[None]:
+        self.out_dir = tags.get("harden.out_dir", "")
         with self._run(name, nested=False, tags=tags) as run:
             self.parent_run_id = run.info.run_id
             self.log_params(params)
@@ -161,8 +171,28 @@ class MlflowTracker:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        with self._run(name, nested=True, tags={"harden.stage": name}):
+        with self._run(name, nested=True, tags={"harden.stage": name, "harden.out_dir": self.out_dir}):
             yield
+
+    @_locked
+    def kill_stale(self, out_dir: Path) -> int:
+        """Mark KILLED the runs a killed process left RUNNING for this output folder."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        exps = [e.experiment_id for e in client.search_experiments()]
+        stale = client.search_runs(exps, filter_string=f"tags.`harden.out_dir` = '{out_dir}' and "
+                                                        "attributes.status = 'RUNNING'") if exps else []
+        for run in stale:
+            client.set_terminated(run.info.run_id, status="KILLED")
+        return len(stale)
+
+    @_locked
+    def set_aliases(self, name: str, version: str, aliases: tuple[str, ...]) -> None:
+        from mlflow.tracking import MlflowClient
+
+        for alias in aliases:
+            MlflowClient().set_registered_model_alias(name, alias, version)
 
     @contextlib.contextmanager
     def _run(self, name: str, nested: bool, tags: dict[str, str]) -> Iterator[Any]:

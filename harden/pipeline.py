@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import json
 import re
@@ -17,14 +18,15 @@ import torch
 import yaml
 
 from . import __version__, gate, int8, latency, polarizer
-from .artifacts import ModelArtifact
+from .artifacts import FinetuneResult, ModelArtifact
 from .config import PipelineConfig, resolved_dict
 from .context import RunContext, resolve_device
 from .evaluate import accuracy, onnx_predictor, torch_predictor
 from .lineage import MlflowTracker, NullTracker, Tracker, atomic_write_bytes, default_tracking_uri
 from .progress import console
 from .plots import inverted_triggers
-from .scan import inverted_asr, inverted_trigger_asr
+from .resume import StageCache, load_state, state_to_arrays
+from .scan import inverted_asr, inverted_trigger_asr, scan_from_arrays, scan_to_arrays
 from .scan import scan as scan_model
 from .stages import export, finetune, ingest, prune, score, select, verify
 
@@ -70,7 +72,8 @@ def make_tracker(cfg: PipelineConfig, out_dir: Path) -> Tracker:
     return MlflowTracker(uri, cfg.tracking.experiment, out_dir / "mlartifacts")
 
 
-def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = None) -> PipelineResult:
+def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = None,
+                 resume: bool = False) -> PipelineResult:
     """Run every enabled stage in order: ingest, score, prune, finetune, export, verify; then register and report.
 
     Raises:
@@ -80,6 +83,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     ctx = RunContext(resolve_device(cfg.device), cfg.seed, out_dir, make_tracker(cfg, out_dir))
+    cache = StageCache(out_dir, read=resume)
+    if resume:  # a killed run leaves its MLflow runs RUNNING forever: close them before starting again
+        stale = ctx.tracker.kill_stale(out_dir)
+        if stale:
+            console.print(f"[yellow]resume: marked {stale} interrupted MLflow run(s) KILLED[/]")
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
     st = cfg.stages
@@ -94,7 +102,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
             seconds[name] = round(time.perf_counter() - t0, 3)
             ctx.tracker.log_metrics({"seconds": seconds[name]})
 
-    tags = {"harden.version": __version__, "harden.pipeline_sha256": cfg.digest()}
+    tags = {"harden.version": __version__, "harden.pipeline_sha256": cfg.digest(), "harden.out_dir": str(out_dir)}
     resolved = resolved_dict(cfg)
     with ctx.tracker.pipeline(cfg.name, {"pipeline_sha256": cfg.digest(), "device": str(ctx.device)}, tags):
         atomic_write_bytes(out_dir / "config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False).encode())
@@ -122,7 +130,12 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         found = None
         if st.scan.enabled:
             with stage("scan"):
-                found = scan_model(src.model, inp.tune, src.contract, st.scan, ctx.device)
+                key = StageCache.key(src.source_sha256, inp.tune.sha256, st.scan.model_dump(mode="json"),
+                                     ctx.device.type)
+                cached = cache.load_arrays("scan", key)
+                found = scan_from_arrays(cached) if cached is not None else scan_model(
+                    src.model, inp.tune, src.contract, st.scan, ctx.device)
+                cache.save_arrays("scan", key, scan_to_arrays(found))
                 _write_npz(out_dir / "scan.npz", masks=found.masks, patterns=found.patterns)
                 _write_json(out_dir / "scan.json", found.summary())
                 inverted_triggers(found, src.contract.labels, out_dir / "scan-triggers.png")
@@ -135,7 +148,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         scores = None
         if st.score.enabled:
             with stage("score"):
-                outcome = score.run(st.score, current, inp.tune)
+                outcome = score.run(st.score, current, inp.tune, cache)
                 scores = outcome.combined
                 _write_json(out_dir / "scores.json", {**scores.to_json(), "per_method": {
                     name: s.to_json() for name, s in outcome.per_method.items()}})
@@ -197,8 +210,21 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
 
         if st.finetune.enabled:
             with stage("finetune"):
-                current, ft = finetune.run(st.finetune, current, src.model, inp.tune, inp.heldout, ctx.device,
-                                           cfg.seed, hooks, found if found is not None and found.flagged else None)
+                key = StageCache.key(src.source_sha256, inp.tune.sha256, inp.heldout.sha256, cfg.seed,
+                                     st.finetune.model_dump(mode="json"), report.get("prune"),
+                                     None if found is None else found.target, st.polarize.enabled)
+                cached = None if st.polarize.enabled else cache.load_arrays("finetune", key)
+                if cached is not None:  # the pruned architecture is rebuilt above; only the weights are reused
+                    current = ModelArtifact(**{**current.__dict__, "model": copy.deepcopy(current.model)})
+                    load_state(current.model, {k[2:]: v for k, v in cached.items() if k.startswith("w:")})
+                    ft = FinetuneResult(**json.loads(str(cached["result"])))
+                else:
+                    current, ft = finetune.run(st.finetune, current, src.model, inp.tune, inp.heldout, ctx.device,
+                                               cfg.seed, hooks, found if found is not None and found.flagged else None)
+                    if not st.polarize.enabled:
+                        cache.save_arrays("finetune", key, {
+                            **{f"w:{k}": v for k, v in state_to_arrays(current.model).items()},
+                            "result": np.array(json.dumps(dataclasses.asdict(ft)))})
                 for row in ft.history:
                     ctx.tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]},
                                             step=int(row["epoch"]))
@@ -287,12 +313,20 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                             "model_name": None, "model_version": None}
         if exp is not None:
             name = registered_name(cfg)
-            version = ctx.tracker.register_onnx(exp.path, name, _example(inp.heldout, src), registry_tags(report),
-                                                aliases)
+            done = cache.load_json(f"registered-{exp.sha256[:24]}")  # registered before a crash: not twice
+            if done is not None and done["name"] == name:
+                version = done["version"]
+                ctx.tracker.set_aliases(name, version, aliases)
+            else:
+                version = ctx.tracker.register_onnx(exp.path, name, _example(inp.heldout, src),
+                                                    registry_tags(report), aliases)
+                if version is not None:
+                    cache.save_json(f"registered-{exp.sha256[:24]}", {"name": name, "version": version})
             if version is not None:
                 report["mlflow"] |= {"model_name": name, "model_version": version}
         seconds["total"] = round(time.perf_counter() - t_all, 3)
         report["seconds"] = seconds
+        report["resumed_from_cache"] = sorted(set(cache.hits))
         _write_json(out_dir / "report.json", report)
         ctx.tracker.log_file(out_dir / "report.json")
         ctx.tracker.log_metrics({"total_seconds": seconds["total"]})

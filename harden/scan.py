@@ -157,6 +157,19 @@ def scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanCon
     )
 
 
+def scan_to_arrays(r: ScanResult) -> dict[str, np.ndarray]:
+    return {"norms": np.array(r.norms), "anomaly": np.array(r.anomaly), "failed": np.array(r.failed, dtype=np.int64),
+            "flagged": np.array(r.flagged), "target": np.array(-1 if r.target is None else r.target),
+            "masks": r.masks, "patterns": r.patterns}
+
+
+def scan_from_arrays(a: dict[str, np.ndarray]) -> ScanResult:
+    target = int(a["target"])
+    return ScanResult(norms=a["norms"].tolist(), anomaly=a["anomaly"].tolist(), failed=a["failed"].tolist(),
+                      flagged=bool(a["flagged"]), target=None if target < 0 else target, masks=a["masks"],
+                      patterns=a["patterns"])
+
+
 def verdict(norms: np.ndarray, anomaly: np.ndarray, cfg: ScanConfig) -> int | None:
     """The suspected target class, or None when the norms show no backdoor."""
     finite = np.isfinite(norms)

@@ -10,6 +10,7 @@ from ..artifacts import ChannelScores, ModelArtifact
 from ..config import ScoreStage
 from ..data import ImageSet
 from ..errors import StageError
+from ..resume import StageCache, scores_from_arrays, scores_to_arrays
 from ..scorers import SCORERS
 from ..scorers.fusion import fuse
 
@@ -25,7 +26,8 @@ class ScoreOutcome:
     seconds: dict[str, float]  # scoring cost per method (the benchmark reports it)
 
 
-def run(cfg: ScoreStage, art: ModelArtifact, tune: ImageSet) -> ScoreOutcome:
+def run(cfg: ScoreStage, art: ModelArtifact, tune: ImageSet, cache: StageCache | None = None) -> ScoreOutcome:
+    """``cache``: per-method scores keyed by the model, the tune split and the method's settings (resume)."""
     methods = configured(cfg)
     if not methods:
         raise StageError("score", f"stages.score.methods names no scorer; known: {', '.join(SCORERS.names())}")
@@ -33,8 +35,15 @@ def run(cfg: ScoreStage, art: ModelArtifact, tune: ImageSet) -> ScoreOutcome:
     for name, method_cfg in methods:
         info = SCORERS.get(name)
         t0 = time.perf_counter()
-        per_method[name] = info.factory(method_cfg).score(copy.deepcopy(art.model).eval(),
-                                                          tune if info.needs_data else None, art.contract)
+        key = StageCache.key(name, method_cfg.model_dump(mode="json"), art.source_sha256, tune.sha256)
+        cached = cache.load_arrays(f"score-{name}", key) if cache else None
+        if cached is not None:
+            per_method[name] = scores_from_arrays(cached)
+        else:
+            per_method[name] = info.factory(method_cfg).score(copy.deepcopy(art.model).eval(),
+                                                              tune if info.needs_data else None, art.contract)
+            if cache:
+                cache.save_arrays(f"score-{name}", key, scores_to_arrays(per_method[name]))
         seconds[name] = round(time.perf_counter() - t0, 3)
     combined = per_method[methods[0][0]] if len(methods) == 1 else fuse(per_method, cfg.fusion)
     return ScoreOutcome(combined, per_method, seconds)
