@@ -1,11 +1,9 @@
-"""ONNX latency for the benchmark: the source model exported by harden's own exporter (so both sides go through the
-same exporter and onnxslim) against the hardened ONNX, on one onnxruntime thread."""
+"""The source model exported by harden's own exporter (so both sides of a latency comparison go through the same
+exporter and onnxslim), for benchmark rows whose run did not measure latency itself."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from harden.latency import onnx_latency_ms  # noqa: F401  (re-exported for benchmarks/run.py)
 
 
 def source_onnx(folder: Path, out: Path) -> Path:

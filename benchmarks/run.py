@@ -24,10 +24,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.latency import onnx_latency_ms, source_onnx  # noqa: E402
+from benchmarks.latency import source_onnx  # noqa: E402
 from harden.attacks.groundtruth import read_attack, trigger_from_attack  # noqa: E402
 from harden.config import digest_of_resolved, load_pipeline  # noqa: E402
 from harden.errors import HardenError  # noqa: E402
+from harden.latency import compare  # noqa: E402
 from harden.pipeline import run_pipeline  # noqa: E402
 
 
@@ -84,9 +85,13 @@ def row(pipeline: str, folder: Path, attack: dict[str, Any], r: dict[str, Any], 
     onnx = r.get("onnx", {}).get("path")
     if onnx and Path(onnx).is_file():
         res["onnx_max_abs_diff"] = r["onnx"]["max_abs_diff"]
-        before = source_onnx(folder, out)
-        res["latency_ms_before"] = onnx_latency_ms(before)
-        res["latency_ms_after"] = onnx_latency_ms(Path(onnx))
+        # The run's own side-by-side measurement when it made one; otherwise measured here the same way.
+        lat = r.get("latency") or {k: {"ratio": v["ratio"]} for k, v in compare(source_onnx(folder, out),
+                                                                             Path(onnx), (1, 64)).items()}
+        res["latency_ratio"] = {k: v["ratio"] for k, v in lat.items()}
+    if "int8" in r:
+        res["int8"] = {"clean_acc": r["int8"]["clean_acc"], "asr": r["int8"]["asr"].get(name),
+                       "latency_ratio_vs_fp32": {k: v["ratio"] for k, v in r["int8"]["latency_vs_fp32"].items()}}
     return res
 
 
@@ -99,12 +104,14 @@ def pct(v: float | None) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = ["pipeline", "model", "clean acc before → after", "ASR before → after", "robust acc", "DER",
-            "params after / before", "MACs after / before", "ONNX latency after / before", "seconds (scan / score / "
+            "params after / before", "MACs after / before", "ONNX latency after / before (batch 1 / 64)",
+            "seconds (scan / score / "
             "prune / polarize / finetune / total)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         s = r["seconds"]
-        lat = (f"{r['latency_ms_after'] / r['latency_ms_before']:.2f}" if r.get("latency_ms_before") else "—")
+        ratios = r.get("latency_ratio") or {}
+        lat = " / ".join(f"{ratios[k]:.2f}" for k in ("batch_1", "batch_64") if k in ratios) or "—"
         lines.append("| " + " | ".join([
             r["pipeline"] + (" †" if r.get("stale") else ""), r["model"], f"{pct(r['clean_acc_before'])} → {pct(r['clean_acc_after'])}",
             f"{pct(r['asr_before'])} → {pct(r['asr_after'])}", pct(r["robust_acc_after"]),
