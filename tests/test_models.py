@@ -140,3 +140,20 @@ def test_torchscript_with_a_load_hook_is_refused(tmp_path):
     torch.jit.save(torch.jit.script(Hooked()), str(path))
     with pytest.raises(ModelLoadError, match="__setstate__"):
         load_model(path, "tiny_cnn", {"width": 8}, None, _contract())
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])  # dynamo folds every conv's BN; legacy keeps them
+def test_onnx_file_rebuilds_the_architecture_exactly(tmp_path, tiny_cnn, exporter):
+    from harden.stages.export import finalize, to_onnx
+
+    from .conftest import write_model_folder
+
+    folder = write_model_folder(tmp_path / "m", tiny_cnn)
+    blob, _ = to_onnx(tiny_cnn, torch.zeros(2, 3, 16, 16), exporter)
+    (folder / "model.onnx").write_bytes(finalize(blob, {}, slim=True).SerializeToString())
+    art = load_model(folder / "model.onnx")  # architecture and contract from the config.json beside it
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(art.model(x), tiny_cnn.eval()(x), atol=1e-4)
+    with pytest.raises(ModelLoadError, match="shape"):
+        load_model(folder / "model.onnx", "tiny_cnn", {"width": 4}, None, _contract())

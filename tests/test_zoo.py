@@ -47,3 +47,13 @@ def test_every_shipped_pipeline_validates(pipeline):
 
     cfg = load_pipeline(Path(__file__).parents[1] / "pipelines" / pipeline)
     assert cfg.model.path.is_dir() and cfg.data.clean.path.is_file()
+
+
+@pytest.mark.parametrize("name", ["badnets", "blended", "clean", "sig", "wanet"])
+def test_every_zoo_model_ingests_from_its_onnx(name):
+    """The vendor's model.onnx (BN folded into 11 convs, 9 post-add BNs kept) rebuilds harden's architecture."""
+    folder = ZOO / f"preact18-{name}"
+    from_onnx, from_weights = load_model(folder / "model.onnx"), load_model(folder)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (from_onnx.model(x) - from_weights.model(x)).abs().max() < 1e-4

@@ -17,7 +17,8 @@ from ..errors import ModelLoadError
 from .registry import create_model
 from .surgery import find_classifier
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "model.pt2", "model.torchscript")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "model.pt2", "model.torchscript",
+                "model.onnx")
 
 
 def sha256_file(path: Path) -> str:
@@ -220,6 +221,15 @@ def load_model(
         contract = contract or _contract_from_config(cfg, cfg_path)
     else:
         weights = path
+        beside = path.parent / "config.json"  # a weights file inside a model folder: that folder's config
+        if (architecture is None or contract is None) and beside.is_file():
+            try:
+                cfg = json.loads(beside.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ModelLoadError(f"{beside}: not valid JSON ({exc})") from None
+            architecture = architecture or cfg.get("architecture")
+            model_args = {**cfg.get("model_args", {}), **(model_args or {})}
+            contract = contract or _contract_from_config(cfg, beside)
         if architecture is None or contract is None:
             raise ModelLoadError(
                 f"{path} is a bare weights file: set model.architecture and model.input (size, mean, std, labels) "
@@ -231,7 +241,12 @@ def load_model(
     if n != contract.num_classes:
         raise ModelLoadError(f"model.num_classes is {n} but the input contract has {contract.num_classes} labels")
     model = create_model(architecture, n, model_args)
-    load_weights(model, read_state_dict(weights), weights, architecture)
+    if weights.suffix == ".onnx":
+        from .onnx_import import load_onnx_weights
+
+        load_onnx_weights(model, weights, contract.input_size)
+    else:
+        load_weights(model, read_state_dict(weights), weights, architecture)
     model.eval()
     return ModelArtifact(
         model=model,
