@@ -210,21 +210,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
 
         if st.finetune.enabled:
             with stage("finetune"):
-                key = StageCache.key(src.source_sha256, inp.tune.sha256, inp.heldout.sha256, cfg.seed,
-                                     st.finetune.model_dump(mode="json"), report.get("prune"),
-                                     None if found is None else found.target, st.polarize.enabled)
-                cached = None if st.polarize.enabled else cache.load_arrays("finetune", key)
-                if cached is not None:  # the pruned architecture is rebuilt above; only the weights are reused
-                    current = ModelArtifact(**{**current.__dict__, "model": copy.deepcopy(current.model)})
-                    load_state(current.model, {k[2:]: v for k, v in cached.items() if k.startswith("w:")})
-                    ft = FinetuneResult(**json.loads(str(cached["result"])))
-                else:
-                    current, ft = finetune.run(st.finetune, current, src.model, inp.tune, inp.heldout, ctx.device,
-                                               cfg.seed, hooks, found if found is not None and found.flagged else None)
-                    if not st.polarize.enabled:
-                        cache.save_arrays("finetune", key, {
-                            **{f"w:{k}": v for k, v in state_to_arrays(current.model).items()},
-                            "result": np.array(json.dumps(dataclasses.asdict(ft)))})
+                current, ft = _finetune(cfg, current, src, inp, ctx.device, hooks, found, cache, report.get("prune"))
                 for row in ft.history:
                     ctx.tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]},
                                             step=int(row["epoch"]))
@@ -273,7 +259,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                 _write_npz(out_dir / "rescan.npz", masks=again.masks, patterns=again.patterns)
                 _write_json(out_dir / "rescan.json", again.summary())
                 ctx.tracker.log_file(out_dir / "rescan.json", "rescan")
-                ctx.tracker.log_metrics({"max_anomaly": again.summary()["max_anomaly"], "flagged": float(again.flagged)})
+                ctx.tracker.log_metrics({"max_anomaly": again.summary()["max_anomaly"],
+                                         "flagged": float(again.flagged)})
             report["rescan"] = again.summary()
         if found is not None and found.flagged:  # trigger-free check: the inverted trigger, on held-out images
             itasr = inverted_trigger_asr(found, out_dir / "scan.npz", before, after, inp.heldout,
@@ -283,7 +270,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
 
         if exp is not None and st.export.latency:
             with stage("latency"):
-                report["latency"] = _latency(current, src, exp.path, out_dir, st.export, st.export.latency_batches)
+                report["latency"] = _latency(src, exp.path, out_dir, st.export)
                 ctx.tracker.log_metrics({f"latency_ratio_{k}": v["ratio"] for k, v in report["latency"].items()})
         if st.int8.enabled:
             measured_on = inp.test if inp.test is not None else inp.heldout
@@ -333,14 +320,34 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
     return PipelineResult(out_dir, report, seconds)
 
 
-def _latency(current: ModelArtifact, src: ModelArtifact, hardened: Path, out_dir: Path, cfg, batches: list[int]
-             ) -> dict[str, dict[str, float]]:
+def _finetune(cfg: PipelineConfig, current: ModelArtifact, src: ModelArtifact, inp, device: torch.device,
+              hooks: list[object], found, cache: StageCache, pruned: dict | None
+              ) -> tuple[ModelArtifact, FinetuneResult]:
+    """The fine-tune stage, its weights cached for --resume (keyed by everything the result depends on; not after a
+    polarizer, whose inserted layer is not rebuilt before this point)."""
+    st = cfg.stages
+    key = StageCache.key(src.source_sha256, inp.tune.sha256, inp.heldout.sha256, cfg.seed,
+                         st.finetune.model_dump(mode="json"), pruned, None if found is None else found.target)
+    cached = None if st.polarize.enabled else cache.load_arrays("finetune", key)
+    if cached is not None:  # prune has rebuilt the same architecture; only the weights are reused
+        current = ModelArtifact(**{**current.__dict__, "model": copy.deepcopy(current.model)})
+        load_state(current.model, {k[2:]: v for k, v in cached.items() if k.startswith("w:")})
+        return current, FinetuneResult(**json.loads(str(cached["result"])))
+    current, ft = finetune.run(st.finetune, current, src.model, inp.tune, inp.heldout, device, cfg.seed, hooks,
+                               found if found is not None and found.flagged else None)
+    if not st.polarize.enabled:
+        cache.save_arrays("finetune", key, {**{f"w:{k}": v for k, v in state_to_arrays(current.model).items()},
+                                            "result": np.array(json.dumps(dataclasses.asdict(ft)))})
+    return current, ft
+
+
+def _latency(src: ModelArtifact, hardened: Path, out_dir: Path, cfg) -> dict[str, dict[str, float]]:
     """The source model exported the way the hardened one was, then both timed side by side (report only)."""
     blob, _ = export.to_onnx(src.model, torch.zeros(2, *src.contract.input_size), cfg.exporter)
     source = out_dir / "source.onnx"
     atomic_write_bytes(source, export.finalize(blob, {}, cfg.slim).SerializeToString())
     return {k: {"source_ms": v["reference_ms"], "hardened_ms": v["candidate_ms"], "ratio": v["ratio"]}
-            for k, v in latency.compare(source, hardened, tuple(batches)).items()}
+            for k, v in latency.compare(source, hardened, tuple(cfg.latency_batches)).items()}
 
 
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:

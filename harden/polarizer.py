@@ -100,8 +100,8 @@ def insert(model: nn.Module, at: str, example: torch.Tensor) -> int:
         target = model.get_submodule(at)
     except AttributeError:
         names = [n for n, _ in model.named_modules() if n and n.count(".") <= 1]
-        raise StageError("polarize", f"stages.polarize.at: no module {at!r} in the model (some: {', '.join(names[:12])})"
-                         ) from None
+        raise StageError("polarize", f"stages.polarize.at: no module {at!r} in the model "
+                                     f"(some: {', '.join(names[:12])})") from None
     seen: list[torch.Size] = []
     handle = target.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape))
     with torch.no_grad():
