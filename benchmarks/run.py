@@ -95,6 +95,32 @@ def row(pipeline: str, folder: Path, attack: dict[str, Any], r: dict[str, Any], 
     return res
 
 
+def trigger_floors(folders: list[Path], test_path: Path | None) -> dict[str, float]:
+    """Each attack's floor: the ASR of the clean model(s) on that trigger (test images sent to the target that no
+    defense can be blamed for). DER and 'ASR after' are judged against it. Ground truth, report only."""
+    from harden.attacks import build_trigger
+    from harden.data import load_images
+    from harden.evaluate import attack_metrics, torch_predictor
+    from harden.models.loading import load_model
+
+    clean = [f for f in folders if (read_attack(f) or {}).get("attack") == "clean"]
+    if not clean or test_path is None:
+        return {}
+    import torch
+
+    art = load_model(clean[0])
+    test = load_images(test_path, art.contract, "data.test")
+    predict = torch_predictor(art.model, art.contract, torch.device("cpu"))
+    floors = {}
+    for folder in folders:
+        attack = read_attack(folder) or {}
+        trig = trigger_from_attack(folder, attack) if attack.get("attack") not in (None, "clean") else None
+        if trig is not None and attack["attack"] not in floors:
+            floors[attack["attack"]], _ = attack_metrics(predict, test, build_trigger(trig), trig,
+                                                         art.contract.num_classes, label=f"floor {attack['attack']}")
+    return floors
+
+
 STAGE_SECONDS = ("scan", "score", "prune", "polarize", "finetune", "total")
 
 
@@ -102,7 +128,7 @@ def pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f}"
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], floors: dict[str, float] | None = None) -> str:
     head = ["pipeline", "model", "clean acc before → after", "ASR before → after", "robust acc", "DER",
             "params after / before", "MACs after / before", "ONNX latency after / before (batch 1 / 64)",
             "seconds (scan / score / "
@@ -122,6 +148,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     if any(r.get("stale") for r in rows):
         lines += ["", "† reused from a run made with an earlier pipeline hash (older harden defaults or YAML); its "
                   "report.json in the run folder says exactly what ran."]
+    if floors:
+        lines += ["", "Floors (ASR of the clean model on each trigger: the part of any 'ASR after' no defense removes): "
+                  + ", ".join(f"{k} {pct(v)}" for k, v in sorted(floors.items())) + "."]
     lines += ["", "Means per pipeline over the backdoored models (clean-accuracy drop over all models):", "",
               "| pipeline | mean ASR after | mean clean-acc drop (all) | drop on clean models | mean DER |",
               "|---|---|---|---|---|"]
@@ -200,13 +229,16 @@ def main() -> None:
         sys.exit(f"benchmark: {exc}")
     results = REPO / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
+    test = load_pipeline(args.pipelines[0], [f"model.path={folders[0]}"], cwd=Path.cwd()).data.test
+    floors = trigger_floors(model_folders(args.models), test.path if test else None)
     meta = {"models": str(args.models), "pipelines": [str(p) for p in args.pipelines], "overrides": args.overrides,
             "wall_seconds": round(time.time() - t0), "machine": f"{os.cpu_count()} CPU cores"}
-    (results / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (results / f"{args.name}.md").write_text(markdown(rows))
+    (results / f"{args.name}.json").write_text(json.dumps({"meta": meta, "floors": floors, "rows": rows}, indent=1))
+    table = markdown(rows, floors)
+    (results / f"{args.name}.md").write_text(table)
     bar_chart(rows, results / f"{args.name}-bars.png")
-    print(markdown(rows))
-    if args.readme and not splice_readme(REPO / "README.md", args.name, markdown(rows)):
+    print(table)
+    if args.readme and not splice_readme(REPO / "README.md", args.name, table):
         print(f"README.md has no <!-- bench:{args.name} --> block; table not spliced", file=sys.stderr)
 
 

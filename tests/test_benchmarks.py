@@ -24,6 +24,8 @@ def test_markdown_table_and_means():
     md = markdown([_row("p", "bad", 0.8, 0.79, 0.9, 0.05), _row("p", "clean", 0.8, 0.795)])
     assert "| p | bad | 80.00 → 79.00 | 90.00 → 5.00 |" in md
     assert "| p | 5.00 | 0.75 | 0.50 | 92.0 |" in md  # mean ASR, drop over all, drop on clean, DER
+    assert "Floors" not in md
+    assert "badnets 1.20" in markdown([_row("p", "bad", 0.8, 0.79, 0.9, 0.05)], {"badnets": 0.012})
 
 
 def test_splice_replaces_only_the_named_block(tmp_path):
