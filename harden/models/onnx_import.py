@@ -78,7 +78,7 @@ def load_onnx_weights(model: nn.Module, path: Path, input_size: tuple[int, ...],
                 t.copy_(torch.from_numpy(np.array(v)))
         for name, params in zip(linears, nodes["Gemm"]):
             lin = model.get_submodule(name)
-            lin.weight.copy_(torch.from_numpy(params[0])), lin.bias.copy_(torch.from_numpy(params[1]))
+            lin.weight.copy_(torch.from_numpy(np.array(params[0]))), lin.bias.copy_(torch.from_numpy(np.array(params[1])))
     _check_parity(model.eval(), path, input_size, atol)
 
 
