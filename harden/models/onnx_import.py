@@ -78,7 +78,8 @@ def load_onnx_weights(model: nn.Module, path: Path, input_size: tuple[int, ...],
                 t.copy_(torch.from_numpy(np.array(v)))
         for name, params in zip(linears, nodes["Gemm"]):
             lin = model.get_submodule(name)
-            lin.weight.copy_(torch.from_numpy(np.array(params[0]))), lin.bias.copy_(torch.from_numpy(np.array(params[1])))
+            lin.weight.copy_(torch.from_numpy(np.array(params[0])))
+            lin.bias.copy_(torch.from_numpy(np.array(params[1])))
     _check_parity(model.eval(), path, input_size, atol)
 
 
@@ -89,7 +90,7 @@ def _check_parity(model: nn.Module, path: Path, input_size: tuple[int, ...], ato
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     with torch.no_grad():
-        got = model(torch.from_numpy(np.array(x))).numpy()
+        got = model(torch.from_numpy(x)).numpy()
     diff = float(np.abs(ref - got).max()) if ref.shape == got.shape else float("inf")
     if not diff <= atol:
         raise ModelLoadError(f"{path}: the architecture rebuilt from its weights differs from the ONNX model by "
