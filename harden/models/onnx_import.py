@@ -78,7 +78,13 @@ def load_onnx_weights(model: nn.Module, path: Path, input_size: tuple[int, ...],
                 t.copy_(torch.from_numpy(np.array(v)))
         for name, params in zip(linears, nodes["Gemm"]):
             lin = model.get_submodule(name)
-            lin.weight.copy_(torch.from_numpy(np.array(params[0])))
+            w = params[0]
+            if w is not None and tuple(w.shape) == tuple(lin.weight.shape[::-1]) != tuple(lin.weight.shape):
+                w = w.T  # Gemm with transB = 0
+            if w is None or tuple(w.shape) != tuple(lin.weight.shape) or params[1] is None:
+                raise ModelLoadError(f"{path}: the Gemm matched to {name} does not hold a {tuple(lin.weight.shape)} "
+                                     "weight and a bias")
+            lin.weight.copy_(torch.from_numpy(np.array(w)))
             lin.bias.copy_(torch.from_numpy(np.array(params[1])))
     _check_parity(model.eval(), path, input_size, atol)
 
