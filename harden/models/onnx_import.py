@@ -43,11 +43,19 @@ def load_onnx_weights(model: nn.Module, path: Path, input_size: tuple[int, ...],
         if node.op_type in nodes:
             nodes[node.op_type].append([init.get(name) for name in node.input[1:]])
     convs, linears = _order(model, nn.Conv2d), _order(model, nn.Linear)
-    pairs = pair_convs_with_bns(model)
     if len(nodes["Conv"]) != len(convs) or len(nodes["Gemm"]) != len(linears):
         raise ModelLoadError(f"{path}: {len(nodes['Conv'])} Conv / {len(nodes['Gemm'])} Gemm nodes, but the "
                              f"architecture has {len(convs)} convs / {len(linears)} linears; check model.architecture "
                              "and model_args")
+    try:
+        _copy(model, path, nodes, convs, linears, pair_convs_with_bns(model))
+    except (TypeError, RuntimeError, ValueError, AttributeError) as exc:  # weights held outside initializers, ...
+        raise ModelLoadError(f"{path}: cannot map the ONNX graph's weights onto the architecture "
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    _check_parity(model.eval(), path, input_size, atol)
+
+
+def _copy(model: nn.Module, path: Path, nodes: dict, convs: list[str], linears: list[str], pairs: dict) -> None:
     folded: set[str] = set()
     with torch.no_grad():
         for name, params in zip(convs, nodes["Conv"]):
@@ -86,7 +94,6 @@ def load_onnx_weights(model: nn.Module, path: Path, input_size: tuple[int, ...],
                                      "weight and a bias")
             lin.weight.copy_(torch.from_numpy(np.array(w)))
             lin.bias.copy_(torch.from_numpy(np.array(params[1])))
-    _check_parity(model.eval(), path, input_size, atol)
 
 
 def _check_parity(model: nn.Module, path: Path, input_size: tuple[int, ...], atol: float) -> None:
