@@ -79,3 +79,13 @@ def test_fused_pipeline_config_runs_two_scorers(tiny_cnn):
     assert set(out.per_method) == {"clp", "dormant"} and out.combined.method.startswith("fused:zscore")
     assert set(out.seconds) == {"clp", "dormant"}
     _ = create_model  # registered architectures imported for the fixtures
+
+
+def test_anp_scores_are_not_blown_up_where_anp_found_nothing():
+    from harden.scorers.fusion import standardise
+
+    quiet = torch.tensor([0.0] * 30 + [0.01, 0.02, 0.04])  # masks 0.96-1.0: nothing there
+    assert standardise(quiet, "zscore").max() > 3  # a plain robust z-score calls it an outlier
+    assert standardise(quiet, "zscore", 0.1).max() < 1  # with ANP's floor it is not
+    real = torch.tensor([0.0] * 30 + [0.9])
+    assert standardise(real, "zscore", 0.1).max() > 3  # a channel ANP really masked stays an outlier

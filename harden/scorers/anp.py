@@ -77,6 +77,9 @@ def _sites(model: nn.Module) -> tuple[dict[str, _Site], dict[str, str]]:
 class AnpScorer:
     needs_data: ClassVar[bool] = True
     thresholds: ClassVar[list[float]] = [0.9, 0.8, 0.7, 0.6, 0.5]  # 1 - mask: flag masks below 0.1 ... 0.5
+    # 1 - mask is on an absolute scale: in a layer where ANP found nothing, masks of 0.96-1.0 have a tiny spread that a
+    # robust z-score would blow up (zoo BadNets: 278 of 1,200 channels at z > 3). Fusion divides by at least 0.1.
+    min_scale: ClassVar[float] = 0.1
 
     def __init__(self, cfg: AnpConfig):
         self.cfg = cfg

@@ -23,6 +23,7 @@ class ScorerInfo:
     factory: Callable[[ScorerConfig], "Scorer"]
     needs_data: bool
     thresholds: tuple[float, ...]
+    min_scale: float = 0.0  # fusion: the smallest spread, in score units, a layer's scores are divided by
 
 
 class Scorer(Protocol):
@@ -40,7 +41,7 @@ def register_scorer(name: str, description: str, config_cls: type[ScorerConfig])
 
     def deco(cls):
         SCORERS.register(name, description)(ScorerInfo(config_cls, cls, bool(getattr(cls, "needs_data", False)),
-                                                          tuple(cls.thresholds)))
+                                                          tuple(cls.thresholds), float(getattr(cls, "min_scale", 0.0))))
         return cls
 
     return deco

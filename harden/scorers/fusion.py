@@ -25,7 +25,8 @@ class FusionConfig(StrictModel):
     weights: dict[str, float] = Field(default_factory=dict, description="per scorer name; missing ones weigh 1")
 
 
-def standardise(score: torch.Tensor, how: str) -> torch.Tensor:
+def standardise(score: torch.Tensor, how: str, min_scale: float = 0.0) -> torch.Tensor:
+    """``min_scale``: floor on the robust spread, in score units, for scores on an absolute scale (ANP's 1 - mask)."""
     s = score.double()
     if how == "rank":
         order = torch.argsort(torch.argsort(s, stable=True), stable=True).double()
@@ -34,17 +35,24 @@ def standardise(score: torch.Tensor, how: str) -> torch.Tensor:
     mad = (s - med).abs().median() * MAD_TO_SIGMA
     if float(mad) < 1e-12:  # more than half the channels tie (e.g. ANP masks still at 1): fall back to the std
         mad = s.std().clamp_min(1e-12) if len(s) > 1 else torch.tensor(1.0, dtype=s.dtype)
-    return ((s - med) / mad).float()
+    return ((s - med) / mad.clamp_min(min_scale)).float()
+
+
+def _min_scale(name: str) -> float:
+    from . import SCORERS  # the registry imports this module's users; resolve at call time
+
+    return SCORERS.get(name).min_scale if name in SCORERS.names() else 0.0
 
 
 def fuse(results: dict[str, ChannelScores], cfg: FusionConfig) -> ChannelScores:
     convs = dict.fromkeys(c for r in results.values() for c in r.layers)
     layers = {}
     for conv in convs:
-        parts = [(cfg.weights.get(name, 1.0), r.layers[conv]) for name, r in results.items() if conv in r.layers]
-        total = sum(w for w, _ in parts) or 1.0
-        score = sum(w * standardise(ls.score, cfg.method) for w, ls in parts) / total
-        flag = torch.stack([ls.flag for _, ls in parts]).any(0)
-        layers[conv] = LayerScores(score=score, flag=flag, raw=torch.stack([ls.score for _, ls in parts]))
+        parts = [(cfg.weights.get(name, 1.0), r.layers[conv], _min_scale(name))
+                 for name, r in results.items() if conv in r.layers]
+        total = sum(w for w, _, _ in parts) or 1.0
+        score = sum(w * standardise(ls.score, cfg.method, scale) for w, ls, scale in parts) / total
+        flag = torch.stack([ls.flag for _, ls, _ in parts]).any(0)
+        layers[conv] = LayerScores(score=score, flag=flag, raw=torch.stack([ls.score for _, ls, _ in parts]))
     names = "+".join(results)
     return ChannelScores(method=f"fused:{cfg.method}({names})", layers=layers, thresholds=THRESHOLDS[cfg.method])
