@@ -48,7 +48,10 @@ class ModelConfig(StrictModel):
     path: Union[RegistryUri, Path] = Field(description="a model folder, a weights file, or an MLflow URI "
                                            "(models:/<name>@<alias>, models:/<name>/<version>, runs:/<run>/<path>) "
                                            "whose artifacts are such a folder")
-    architecture: Optional[str] = None
+    architecture: Optional[str] = Field(None, description="a registered name, torchvision/<name>, or module:function "
+                                        "(a Python entry point: needs trust_code)")
+    trust_code: bool = Field(False, description="allow a module:function architecture to be imported and run; never "
+                             "needed for the built-in architectures")
     model_args: dict[str, Any] = Field(default_factory=dict)
     num_classes: Optional[int] = Field(None, ge=2)
     input: Optional[InputSpec] = None

@@ -157,3 +157,24 @@ def test_onnx_file_rebuilds_the_architecture_exactly(tmp_path, tiny_cnn, exporte
         assert torch.allclose(art.model(x), tiny_cnn.eval()(x), atol=1e-4)
     with pytest.raises(ModelLoadError, match="shape"):
         load_model(folder / "model.onnx", "tiny_cnn", {"width": 4}, None, _contract())
+
+
+def test_python_entry_point_needs_trust_code(tmp_path, tiny_cnn):
+    from safetensors.torch import save_file
+
+    marker = tmp_path / "IMPORTED"
+    (tmp_path / "vendor_arch.py").write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(marker)!r}).touch()\n"
+        "from harden.models.tiny import TinyCNN\n"
+        "def build(num_classes, width=8):\n"
+        "    return TinyCNN(num_classes, width)\n")
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_cnn.state_dict().items()}, weights)
+    with pytest.raises(ModelLoadError, match="trust_code"):
+        load_model(weights, "vendor_arch:build", {"width": 8}, None, _contract())
+    assert not marker.exists()  # refused before importing anything
+    art = load_model(weights, "vendor_arch:build", {"width": 8}, None, _contract(), trust_code=True)
+    assert marker.exists() and type(art.model).__name__ == "TinyCNN"
+    with pytest.raises(ModelLoadError, match="entry point 'vendor_arch:nope'"):
+        load_model(weights, "vendor_arch:nope", {}, None, _contract(), trust_code=True)

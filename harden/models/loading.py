@@ -199,6 +199,7 @@ def load_model(
     model_args: dict[str, Any] | None = None,
     num_classes: int | None = None,
     contract: InputContract | None = None,
+    trust_code: bool = False,
 ) -> ModelArtifact:
     """Ingest a model folder (timm hub layout) or an architecture name plus a weights file.
 
@@ -240,7 +241,7 @@ def load_model(
     n = num_classes or contract.num_classes
     if n != contract.num_classes:
         raise ModelLoadError(f"model.num_classes is {n} but the input contract has {contract.num_classes} labels")
-    model = create_model(architecture, n, model_args)
+    model = create_model(architecture, n, model_args, trust_code, path if path.is_dir() else path.parent)
     if weights.suffix == ".onnx":
         from .onnx_import import load_onnx_weights
 

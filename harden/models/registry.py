@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Any, Callable
 
 import torch.nn as nn
@@ -31,14 +33,39 @@ def list_architectures() -> list[tuple[str, str]]:
     return rows
 
 
-def create_model(name: str, num_classes: int, model_args: dict[str, Any] | None = None) -> nn.Module:
-    """Build an untrained model by registry name, or ``torchvision/<name>`` for torchvision's classifiers.
+def _entry_point(name: str, code_dir: Path | None) -> Builder:
+    import importlib
+    import sys
+
+    module, _, func = name.partition(":")
+    added = code_dir is not None and str(code_dir) not in sys.path
+    if added:
+        sys.path.insert(0, str(code_dir))
+    try:
+        return getattr(importlib.import_module(module), func)
+    except Exception as exc:  # the user's own module: ImportError, AttributeError, or whatever it raises on import
+        raise ModelLoadError(f"architecture entry point {name!r}: {type(exc).__name__}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(str(code_dir))
+
+
+def create_model(name: str, num_classes: int, model_args: dict[str, Any] | None = None, trust_code: bool = False,
+                 code_dir: Path | None = None) -> nn.Module:
+    """Build an untrained model by registry name, ``torchvision/<name>`` for torchvision's classifiers, or a Python
+    entry point ``module:function`` (imported from ``code_dir`` or the path) only when ``trust_code`` is set.
 
     Raises:
-        ModelLoadError: unknown name or arguments the builder does not accept.
+        ModelLoadError: unknown name, untrusted entry point, or arguments the builder does not accept.
     """
     args = dict(model_args or {})
-    if name.startswith(TORCHVISION_PREFIX):
+    if ":" in name and not name.startswith(TORCHVISION_PREFIX):
+        if not trust_code:
+            raise ModelLoadError(f"architecture {name!r} is a Python entry point (module:function): building it runs "
+                                 "code from outside harden. Refused unless the pipeline sets model.trust_code: true "
+                                 "(only for code you have reviewed)")
+        builder = _entry_point(name, code_dir)
+    elif name.startswith(TORCHVISION_PREFIX):
         import torchvision.models as tvm
 
         tv_name = name[len(TORCHVISION_PREFIX):]
