@@ -265,9 +265,13 @@ STAGES = [
     ("scan", "optional Neural Cleanse: is there a class a tiny trigger reaches? (sets the pruning budget, ITASR)"),
     ("score", "score every conv channel for backdoor suspicion with the configured scorer(s); fuse several"),
     ("prune", "physically remove flagged channels with torch-pruning; round widths; zero coupled branches"),
-    ("finetune", "SGD + cosine on the tune split, early stopping on the held-out split"),
+    ("polarize", "optional Neural Polarizer: a learned 1x1 conv + BN on the feature path, folded for export"),
+    ("finetune", "SGD + cosine on the tune split, early stopping on the held-out split (optional MCL term)"),
     ("export", "ONNX (dynamo, legacy fallback), checker, onnxslim, metadata, onnxruntime parity"),
     ("verify", "clean accuracy and ASR of the named triggers, before and after (on the ONNX when exported)"),
+    ("rescan", "optional: a fresh Neural Cleanse scan of the hardened model"),
+    ("latency", "hardened vs source ONNX latency at batch 1 and 64, measured side by side"),
+    ("int8", "optional onnxruntime static INT8, calibrated on the tune split, verified again"),
     ("gate", "optional: thresholds on the report; exit code 3 and no promotion alias when a check fails"),
 ]
 
