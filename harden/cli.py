@@ -261,7 +261,8 @@ def zoo_train(attack: str, out: Path, arch: str, width: int, train_path: Path | 
 
 
 STAGES = [
-    ("ingest", "load the model safely (safetensors / weights-only) and the data; split clean data tune/held-out"),
+    ("ingest", "load the model safely (safetensors, weights-only .pt, TorchScript/.pt2/ONNX weights, models:/ URIs) "
+               "and the data; split clean data tune/held-out"),
     ("scan", "optional Neural Cleanse: is there a class a tiny trigger reaches? (sets the pruning budget, ITASR)"),
     ("score", "score every conv channel for backdoor suspicion with the configured scorer(s); fuse several"),
     ("prune", "physically remove flagged channels with torch-pruning; round widths; zero coupled branches"),
