@@ -93,8 +93,11 @@ def test_nan_weights_are_refused(tmp_path, tiny_cnn):
 
 def test_bare_weights_need_architecture_and_contract(tmp_path, tiny_cnn):
     folder = write_model_folder(tmp_path / "m", tiny_cnn)
+    bare = tmp_path / "weights.safetensors"
+    bare.write_bytes((folder / "model.safetensors").read_bytes())
     with pytest.raises(ModelLoadError, match="model.architecture and model.input"):
-        load_model(folder / "model.safetensors")
+        load_model(bare)
+    assert load_model(folder / "model.safetensors").architecture == "tiny_cnn"  # its folder's config.json
 
 
 def test_corrupt_safetensors_is_a_clear_error(tmp_path):
