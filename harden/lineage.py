@@ -151,9 +151,17 @@ class MlflowTracker:
                 else:
                     os.environ[k] = v
             exp = mlflow.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else mlflow.create_experiment(
-                experiment, artifact_location=artifact_root.resolve().as_uri() if uri.startswith("sqlite") else None
-            )
+            if exp is not None:
+                exp_id = exp.experiment_id
+            else:
+                try:
+                    exp_id = mlflow.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri()
+                                                      if uri.startswith("sqlite") else None)
+                except Exception:  # another pipeline on the same server created it a moment ago
+                    again = mlflow.get_experiment_by_name(experiment)
+                    if again is None:
+                        raise
+                    exp_id = again.experiment_id
             mlflow.set_experiment(experiment_id=exp_id)
         except Exception as exc:
             raise TrackingError(
