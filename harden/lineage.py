@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -238,7 +239,14 @@ class MlflowTracker:
     def log_dataset(self, x: np.ndarray, y: np.ndarray, name: str, source: str, sha256: str, context: str) -> None:
         # from_numpy's own digest hashes only the first 10k values; pass the full-content sha256 instead.
         ds = self.mlflow.data.from_numpy(x[:1], targets=y[:1], name=name, source=source, digest=sha256[:32])
-        self.mlflow.log_input(ds, context=context, tags={"sha256": sha256, "images": str(len(y))})
+        for attempt in range(3):
+            try:
+                self.mlflow.log_input(ds, context=context, tags={"sha256": sha256, "images": str(len(y))})
+                return
+            except Exception as exc:  # an MLflow server's get-or-create of a dataset races with a concurrent run
+                if attempt == 2 or "UNIQUE constraint" not in str(exc):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
 
     @_locked
     def register_onnx(self, path: Path, name: str, example: np.ndarray, tags: dict[str, str],
