@@ -108,3 +108,14 @@ def trained_tiny() -> torch.nn.Module:
     out = train(create_model("tiny_cnn", 4, {"width": 8}), ImageSet(x, y, "t", "0"), TINY_CONTRACT,
                 TrainSettings(epochs=3, lr=0.05, batch_size=32, freeze_bn=False), lambda m: 0.0, torch.device("cpu"))
     return out.model.eval()
+
+
+def write_smoke_workspace(ws: Path) -> Path:
+    """A tiny_cnn model folder, clean/test npz files and SMOKE_YAML in ``ws`` (for runs shared by a test module)."""
+    torch.manual_seed(0)
+    write_model_folder(ws / "model", create_model("tiny_cnn", 4, {"width": 8}).eval())
+    for name, n, seed in (("clean", 200, 1), ("test", 120, 2)):
+        x, y = synthetic_images(n, seed)
+        np.savez(ws / f"{name}.npz", x=x, y=y)
+    (ws / "pipeline.yaml").write_text(SMOKE_YAML)
+    return ws

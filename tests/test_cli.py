@@ -25,18 +25,9 @@ def _mlflow_client(db: Path):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    from .conftest import SMOKE_YAML, synthetic_images, write_model_folder
-    import numpy as np
-    import torch
-    from harden.models import create_model
+    from .conftest import write_smoke_workspace
 
-    ws = tmp_path_factory.mktemp("ws")
-    torch.manual_seed(0)
-    write_model_folder(ws / "model", create_model("tiny_cnn", 4, {"width": 8}).eval())
-    for name, n, seed in (("clean", 200, 1), ("test", 120, 2)):
-        x, y = synthetic_images(n, seed)
-        np.savez(ws / f"{name}.npz", x=x, y=y)
-    (ws / "pipeline.yaml").write_text(SMOKE_YAML)
+    ws = write_smoke_workspace(tmp_path_factory.mktemp("ws"))
     proc = _harden("run", "pipeline.yaml", "--out", "out", cwd=ws)
     return ws, proc
 

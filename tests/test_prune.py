@@ -128,20 +128,11 @@ def _constant_net():
         torch.nn.Conv2d(8, 8, 1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10),
     )
+    _randomize_bn(net)
     with torch.no_grad():  # positive betas: ReLU(beta) is a real constant, not 0
         for bn in (net[1], net[4]):
             bn.bias.copy_(torch.rand(8) + 0.5)
-    return _randomize_bn_stats(net).eval()
-
-
-def _randomize_bn_stats(model):
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
+    return net.eval()
 
 
 def test_constant_routes_follow_the_traced_graph():

@@ -19,17 +19,9 @@ from .test_cli import _harden
 
 @pytest.fixture(scope="module")
 def passed_run(tmp_path_factory):
-    from .conftest import SMOKE_YAML, write_model_folder
-    from harden.models import create_model
-    import torch
+    from .conftest import write_smoke_workspace
 
-    ws = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(0)
-    write_model_folder(ws / "model", create_model("tiny_cnn", 4, {"width": 8}).eval())
-    for name, n, seed in (("clean", 200, 1), ("test", 120, 2)):
-        x, y = synthetic_images(n, seed)
-        np.savez(ws / f"{name}.npz", x=x, y=y)
-    (ws / "pipeline.yaml").write_text(SMOKE_YAML)
+    ws = write_smoke_workspace(tmp_path_factory.mktemp("serve"))
     proc = _harden("run", "pipeline.yaml", "--out", "out", "--set", "gate.enabled=true", "--set", "gate.max_asr=1.0",
                    "--set", "stages.finetune.max_steps=2", "--set", "stages.export.latency=false", cwd=ws)
     assert proc.returncode == 0, proc.stderr[-2000:]
