@@ -42,6 +42,12 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False).encode())
 
 
+def _log_history(tracker: Tracker, history: list[dict[str, float]]) -> None:
+    """Per-epoch loss and held-out accuracy of a training stage, as MLflow metric steps."""
+    for row in history:
+        tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]}, step=int(row["epoch"]))
+
+
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -198,9 +204,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                 current, pol = polarizer.run(st.polarize, current, inp.tune, inp.heldout, ctx.device, cfg.seed,
                                              lambda m: accuracy(torch_predictor(m, src.contract, ctx.device),
                                                                 inp.heldout, label="held-out accuracy"))
-                for row in pol.history:
-                    ctx.tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]},
-                                            step=int(row["epoch"]))
+                _log_history(ctx.tracker, pol.history)
             if pol.diverged:
                 console.print("[yellow]polarizer training lost too much held-out accuracy; kept it at identity[/]")
             report["polarize"] = {"at": pol.at, "channels": pol.channels, "epochs_run": pol.epochs_run,
@@ -211,9 +215,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         if st.finetune.enabled:
             with stage("finetune"):
                 current, ft = _finetune(cfg, current, src, inp, ctx.device, hooks, found, cache, report.get("prune"))
-                for row in ft.history:
-                    ctx.tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]},
-                                            step=int(row["epoch"]))
+                _log_history(ctx.tracker, ft.history)
             if ft.diverged:
                 console.print("[yellow]fine-tuning diverged (held-out accuracy fell); kept the model from before it[/]")
             report["finetune"] = {"epochs_run": ft.epochs_run, "best_epoch": ft.best_epoch, "diverged": ft.diverged,
@@ -343,9 +345,8 @@ def _finetune(cfg: PipelineConfig, current: ModelArtifact, src: ModelArtifact, i
 
 def _latency(src: ModelArtifact, hardened: Path, out_dir: Path, cfg) -> dict[str, dict[str, float]]:
     """The source model exported the way the hardened one was, then both timed side by side (report only)."""
-    blob, _ = export.to_onnx(src.model, torch.zeros(2, *src.contract.input_size), cfg.exporter)
-    source = out_dir / "source.onnx"
-    atomic_write_bytes(source, export.finalize(blob, {}, cfg.slim).SerializeToString())
+    source = export.write_reference(src.model, src.contract.input_size, out_dir / "source.onnx", cfg.exporter,
+                                    cfg.slim)
     return {k: {"source_ms": v["reference_ms"], "hardened_ms": v["candidate_ms"], "ratio": v["ratio"]}
             for k, v in latency.compare(source, hardened, tuple(cfg.latency_batches)).items()}
 

@@ -70,6 +70,15 @@ def finalize(blob: bytes, metadata: dict[str, str], slim: bool):
     return proto
 
 
+def write_reference(model: torch.nn.Module, input_size: tuple[int, ...], path: Path, exporter: str = "auto",
+                    slim: bool = True) -> Path:
+    """The model exported exactly as the hardened one is (exporter, slimming), without metadata or parity: the
+    reference side of a latency comparison."""
+    blob, _ = to_onnx(model, torch.zeros(2, *input_size), exporter)
+    atomic_write_bytes(path, finalize(blob, {}, slim).SerializeToString())
+    return path
+
+
 def parity(path: Path, model: torch.nn.Module, batches: list[torch.Tensor], atol: float, min_agree: float) -> tuple[float, float]:
     """Max |torch - ORT| and top-1 agreement over the batches; raises ExportParityError listing every failure."""
     import onnxruntime as ort
