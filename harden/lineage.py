@@ -6,6 +6,7 @@ mlflow is imported lazily: it costs ~2 s to import and the core library must wor
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -270,6 +271,13 @@ class MlflowTracker:
         for alias in aliases:
             client.set_registered_model_alias(name, alias, version)
         return version
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez, written atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def default_tracking_uri(out: Path) -> str:

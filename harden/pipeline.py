@@ -22,7 +22,7 @@ from .artifacts import FinetuneResult, ModelArtifact
 from .config import PipelineConfig, resolved_dict
 from .context import RunContext, resolve_device
 from .evaluate import accuracy, onnx_predictor, torch_predictor
-from .lineage import MlflowTracker, NullTracker, Tracker, atomic_write_bytes, default_tracking_uri
+from .lineage import MlflowTracker, NullTracker, Tracker, atomic_write_bytes, default_tracking_uri, write_npz
 from .progress import console
 from .plots import inverted_triggers
 from .resume import StageCache, load_state, state_to_arrays
@@ -46,12 +46,6 @@ def _log_history(tracker: Tracker, history: list[dict[str, float]]) -> None:
     """Per-epoch loss and held-out accuracy of a training stage, as MLflow metric steps."""
     for row in history:
         tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]}, step=int(row["epoch"]))
-
-
-def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _save_weights(path: Path, model: torch.nn.Module) -> None:
@@ -142,7 +136,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                 found = scan_from_arrays(cached) if cached is not None else scan_model(
                     src.model, inp.tune, src.contract, st.scan, ctx.device)
                 cache.save_arrays("scan", key, scan_to_arrays(found))
-                _write_npz(out_dir / "scan.npz", masks=found.masks, patterns=found.patterns)
+                write_npz(out_dir / "scan.npz", masks=found.masks, patterns=found.patterns)
                 _write_json(out_dir / "scan.json", found.summary())
                 inverted_triggers(found, src.contract.labels, out_dir / "scan-triggers.png")
                 for name in ("scan.json", "scan.npz", "scan-triggers.png"):
@@ -258,7 +252,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         if st.scan.enabled and st.scan.rescan:  # trigger-free check: is a backdoor still there to find?
             with stage("rescan"):
                 again = scan_model(current.model, inp.tune, src.contract, st.scan, ctx.device)
-                _write_npz(out_dir / "rescan.npz", masks=again.masks, patterns=again.patterns)
+                write_npz(out_dir / "rescan.npz", masks=again.masks, patterns=again.patterns)
                 _write_json(out_dir / "rescan.json", again.summary())
                 ctx.tracker.log_file(out_dir / "rescan.json", "rescan")
                 ctx.tracker.log_metrics({"max_anomaly": again.summary()["max_anomaly"],

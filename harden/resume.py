@@ -7,7 +7,6 @@ reused.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from .artifacts import ChannelScores, LayerScores
-from .lineage import atomic_write_bytes
+from .lineage import atomic_write_bytes, write_npz
 
 
 class StageCache:
@@ -43,9 +42,7 @@ class StageCache:
         return out
 
     def save_arrays(self, stage: str, key: str, arrays: dict[str, np.ndarray]) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        atomic_write_bytes(self._path(stage, key, "npz"), buf.getvalue())
+        write_npz(self._path(stage, key, "npz"), **arrays)
 
     def load_json(self, name: str) -> Any:
         path = self.root / f"{name}.json"
