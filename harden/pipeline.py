@@ -26,7 +26,7 @@ from .lineage import MlflowTracker, NullTracker, Tracker, atomic_write_bytes, de
 from .progress import console
 from .plots import inverted_triggers
 from .resume import StageCache, load_state, state_to_arrays
-from .scan import inverted_asr, inverted_trigger_asr, scan_from_arrays, scan_to_arrays
+from .scan import inverted_asr, scan_from_arrays, scan_to_arrays
 from .scan import scan as scan_model
 from .stages import export, finetune, ingest, prune, score, select, verify
 
@@ -164,7 +164,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                 inverted = None
                 if found is not None and found.flagged:
                     def inverted(m, found=found):
-                        return inverted_asr(m, found, inp.tune, src.contract, ctx.device)
+                        return inverted_asr(torch_predictor(m, src.contract, ctx.device), found, inp.tune,
+                                            src.contract.num_classes, label="ITASR (tune)")
                 chosen = select.run(st.prune, current, scores, inp.tune, prep, ctx.device,
                                     None if found is None else found.flagged, inverted)
                 scores = chosen.scores
@@ -259,8 +260,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                                          "flagged": float(again.flagged)})
             report["rescan"] = again.summary()
         if found is not None and found.flagged:  # trigger-free check: the inverted trigger, on held-out images
-            itasr = inverted_trigger_asr(found, out_dir / "scan.npz", before, after, inp.heldout,
-                                         src.contract.num_classes)
+            t = found.target
+            write_npz(out_dir / "itasr-trigger.npz", mask=found.masks[t], pattern=found.patterns[t])
+            itasr = {k: inverted_asr(p, found, inp.heldout, src.contract.num_classes, label=f"ITASR ({k})")
+                     for k, p in (("before", before), ("after", after))}
             report["itasr"] = {"target": found.target, **itasr}
             ctx.tracker.log_metrics({"itasr_before": itasr["before"], "itasr_after": itasr["after"]})
 

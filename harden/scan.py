@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -182,36 +181,19 @@ def verdict(norms: np.ndarray, anomaly: np.ndarray, cfg: ScanConfig) -> int | No
     return t_star if small or decisive else None
 
 
-@torch.no_grad()
-def inverted_asr(model: nn.Module, result: ScanResult, data: ImageSet, contract: InputContract,
-                 device: torch.device, batch_size: int = 256) -> float:
-    """Share of ``data``'s non-target images that ``model`` sends to the suspected target once stamped with the
-    inverted trigger (the trigger-free signal the accuracy guard can use; no real trigger involved)."""
-    t = result.target
-    mask = torch.from_numpy(result.masks[t]).to(device)[None, None]
-    pattern = torch.from_numpy(result.patterns[t]).to(device)[None]
-    keep = np.flatnonzero(data.y != t)
-    hits = 0
-    model.eval()
-    for start in range(0, len(keep), batch_size):
-        x = data.batch01(keep[start:start + batch_size], device)
-        logits = model(contract.normalize((1 - mask) * x + mask * pattern))
-        hits += int((logits.argmax(1) == t).sum())
-    return hits / max(len(keep), 1)
-
-
-def inverted_trigger_asr(result: ScanResult, npz: Path, before, after, heldout: ImageSet,
-                         num_classes: int) -> dict[str, float]:
-    """ITASR (algorithms.md §5): the original model's inverted trigger for the suspected target, stamped on held-out
-    images of other classes; the share predicted as the target, by the suspect and by the hardened model."""
-    from .attacks import build_trigger
-    from .attacks.triggers import MaskTrigger
+def inverted_asr(predict, result: ScanResult, data: ImageSet, num_classes: int, label: str = "ITASR") -> float:
+    """ITASR (algorithms.md §5): the share of ``data``'s non-target images that ``predict`` (a torch or ONNX
+    predictor) sends to the suspected target once stamped with the scan's inverted trigger. Trigger-free: used by
+    the accuracy guard on the tune split and by the report on held-out images, before and after hardening."""
+    from .attacks.triggers import TriggerBase
     from .evaluate import attack_metrics
 
     t = result.target
-    np.savez(npz.with_name("itasr-trigger.npz"), mask=result.masks[t], pattern=result.patterns[t])
-    ref = {"path": npz.with_name("itasr-trigger.npz")}
-    spec = MaskTrigger(target=t, pattern={**ref, "key": "pattern"}, mask={**ref, "key": "mask"})
-    trig = build_trigger(spec)
-    return {"before": attack_metrics(before, heldout, trig, spec, num_classes, label="ITASR (before)")[0],
-            "after": attack_metrics(after, heldout, trig, spec, num_classes, label="ITASR (after)")[0]}
+    mask = torch.from_numpy(result.masks[t])[None, None]
+    pattern = torch.from_numpy(result.patterns[t])[None]
+
+    def stamp(x: torch.Tensor) -> torch.Tensor:
+        m = mask.to(x.device, x.dtype)
+        return (1 - m) * x + m * pattern.to(x.device, x.dtype)
+
+    return attack_metrics(predict, data, stamp, TriggerBase(target=t), num_classes, label=label)[0]

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from harden.artifacts import ModelArtifact
 from harden.config import ExportStage

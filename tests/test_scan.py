@@ -7,6 +7,7 @@ import torch
 from harden.attacks import PoisonConfig, build_trigger
 from harden.attacks.triggers import PatchTrigger
 from harden.data import ImageSet
+from harden.evaluate import torch_predictor
 from harden.models import create_model
 from harden.scan import ScanConfig, anomaly_index, inverted_asr, scan, verdict
 from harden.train import TrainSettings, train
@@ -64,7 +65,8 @@ def test_scan_flags_the_planted_backdoor_and_its_target(backdoored_tiny):
     assert result.masks.shape == (4, 16, 16) and result.patterns.shape == (4, 3, 16, 16)
     assert 0 <= result.masks.min() and result.masks.max() <= 1
     assert result.norms[0] == min(result.norms)
-    assert inverted_asr(model, result, held, TINY_CONTRACT, torch.device("cpu")) > 0.9  # the inversion works
+    predict = torch_predictor(model, TINY_CONTRACT, torch.device("cpu"))
+    assert inverted_asr(predict, result, held, TINY_CONTRACT.num_classes) > 0.9  # the inversion works
 
 
 def test_pipeline_scan_stage_reports_verdict_itasr_and_tighter_budget(backdoored_tiny, tiny_workspace):

@@ -107,7 +107,6 @@ def parity(path: Path, model: torch.nn.Module, batches: list[torch.Tensor], atol
 
 
 def run(cfg: ExportStage, art: ModelArtifact, heldout: ImageSet, out_dir: Path, metadata: dict[str, str]) -> ExportResult:
-    import onnx
 
     c = art.contract
     n = min(cfg.parity_images, len(heldout))
