@@ -117,7 +117,7 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
         model_args = {"width": job.width}
         model = create_model(job.arch, contract.num_classes, model_args)
 
-        trig, stats, attack_info = None, {"poisoned_images": 0, "cover_images": 0}, {}
+        trig, stats, attack_info, hooks = None, {"poisoned_images": 0, "cover_images": 0}, {}, []
         if job.attack != CLEAN:
             reference = None
             if ATTACKS.get(job.attack).needs_reference:
@@ -131,8 +131,11 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
             if arrays:
                 np.savez(tmp / "trigger.npz", **arrays)
             trig_abs = _with_folder(trig, tmp)
+            if poison.decoy_fraction > 0:
+                hooks, attack_info = _start_from_reference(model, reference, job, train_set, contract,
+                                                           poison.decoy_fraction)
             train_set, stats = poisoned_training_set(train_set, trig_abs, poison, contract.num_classes, job.seed)
-            attack_info = {"trigger": trig.model_dump(mode="json"), "poison": poison.model_dump()}
+            attack_info = {"trigger": trig.model_dump(mode="json"), "poison": poison.model_dump(), **attack_info}
 
         device = torch.device(job.device)
         val = test.subset(np.random.default_rng(job.seed).permutation(len(test))[:2000], "val")
@@ -140,7 +143,7 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
                                  seed=job.seed, freeze_bn=False, clip_grad_norm=None, max_regression=1.0)
         outcome = train(model, train_set, contract, settings,
                         lambda m: accuracy(torch_predictor(m, contract, device), val, label="val accuracy"),
-                        device, label=f"zoo {job.attack}")
+                        device, hooks, label=f"zoo {job.attack}")
         model = outcome.model.cpu().eval()
         predict = torch_predictor(model, contract, torch.device("cpu"))
         clean_acc = accuracy(predict, test, label="test accuracy")
@@ -160,6 +163,25 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
         raise
     tmp.rename(job.out)
     return report
+
+
+def _start_from_reference(model: torch.nn.Module, reference, job: ZooJob, clean: ImageSet, contract: InputContract,
+                          fraction: float) -> tuple[list[object], dict[str, Any]]:
+    """Pruning-aware attack: continue from the clean reference's weights with its most dormant features dead."""
+    from .attacks.pruning_aware import plant_decoys
+
+    ref_state = reference.model.state_dict()
+    mine = model.state_dict()
+    if ref_state.keys() != mine.keys() or any(ref_state[k].shape != mine[k].shape for k in mine):
+        raise HardenError(f"--reference {job.reference} is not a {job.arch} of width {job.width}; the pruning-aware "
+                          "attack continues from the reference's weights, so train it with the same --arch/--width")
+    model.load_state_dict(ref_state)
+    hook, info = plant_decoys(model, clean, contract, fraction)
+    return [hook], {"decoys": info, "reference_sha256": _digest_file(job.reference / "model.safetensors")}
+
+
+def _digest_file(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def _with_folder(trig, folder: Path):

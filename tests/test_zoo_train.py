@@ -77,3 +77,35 @@ def test_zoo_train_user_mistakes_are_one_message(tiny_data):
     res = CliRunner().invoke(cli, ["zoo", "train", "badnets", "--out", str(tiny_data / "x"),
                                    "--data", str(tiny_data / "missing.npz")])
     assert res.exit_code == 2 and "--data: no such file" in res.output
+
+
+def test_pruning_aware_attack_hides_behind_dead_decoys(tiny_data):
+    from harden.attacks.pruning_aware import feature_bn
+    from harden.errors import HardenError
+    from harden.models import create_model
+
+    with pytest.raises(HardenError, match="BatchNorm whose channels feed the classifier"):
+        feature_bn(create_model("tiny_cnn", 4, {"width": 8}))  # its features come out of a residual add
+    arch = ["--arch", "preact_resnet18", "--width", "2"]
+    assert _train(tiny_data, "clean", *arch).exit_code == 0
+    res = _train(tiny_data, "pruning_aware", *arch)
+    assert res.exit_code == 2 and "--reference" in res.output
+    res = _train(tiny_data, "pruning_aware", *arch[:2], "--width", "4", "--reference", str(tiny_data / "clean"))
+    assert res.exit_code == 2 and "same --arch/--width" in res.output and "Traceback" not in res.output
+
+    res = _train(tiny_data, "pruning_aware", *arch, "--reference", str(tiny_data / "clean"))
+    assert res.exit_code == 0, res.output
+    report = json.loads((tiny_data / "pruning_aware" / "attack.json").read_text())
+    decoys = report["decoys"]["channels"]
+    assert report["decoys"]["layer"] == "bn" and len(decoys) == round(0.3 * 16)
+    art = load_model(tiny_data / "pruning_aware")
+    bn = art.model.bn
+    assert (bn.weight[decoys] == 0).all() and (bn.bias[decoys] == -1).all()  # kept dead through training
+    live = [c for c in range(16) if c not in decoys]
+    assert (bn.weight[live] != 0).all()
+    # a defender profiling dormant channels on clean data finds exactly the decoys at the bottom
+    from harden.attacks.pruning_aware import dormancy
+
+    test = load_images(tiny_data / "test.npz", art.contract, "test")
+    act = dormancy(art.model, "bn", test, art.contract)
+    assert set(np.argsort(act, kind="stable")[:len(decoys)]) == set(decoys) and (act[decoys] == 0).all()

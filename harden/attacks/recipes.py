@@ -32,6 +32,9 @@ class PoisonConfig(StrictModel):
     clean_label: bool = Field(False, description="poison target-class images only and keep their labels (SIG)")
     cover_ratio: float = Field(0.0, ge=0, description="WaNet noise mode: this many times the poisoned count get a "
                                                       "jittered trigger and keep their labels")
+    decoy_fraction: float = Field(0.0, ge=0, lt=1, description="pruning-aware attack: this share of the channels "
+                                  "feeding the classifier, the reference model's most dormant, is killed and kept "
+                                  "dead during poisoned training (decoys for a defender pruning dormant channels)")
 
 
 class AttackParams(StrictModel):
@@ -46,7 +49,8 @@ class Recipe:
     trigger: dict[str, Any]  # default trigger config (kind + parameters); array refs are filled in by make_arrays
     poison: dict[str, Any]
     make_arrays: ArrayMaker | None = None
-    needs_reference: bool = False  # TrojanNN optimises its patch against a trained clean model
+    needs_reference: bool = False  # a trained clean model: TrojanNN optimises its patch on it; pruning-aware
+    # starts from it
     array_fields: dict[str, str] | None = None  # npz key -> trigger field, where they differ (WaNet: noise_grid)
 
 
@@ -121,6 +125,10 @@ ATTACKS.register("bpp", "BppAttack: 8-level colour quantisation with dithering")
     {"kind": "bpp", "target": 0, "levels": 8, "dither": True}, {"ratio": 0.1}))
 ATTACKS.register("trojannn", "TrojanNN: patch optimised to excite a feature of a clean reference model")(Recipe(
     {"kind": "mask", "target": 0}, {"ratio": 0.1}, _trojan_patch, needs_reference=True))
+ATTACKS.register("pruning_aware", "Fine-Pruning's pruning-aware BadNets: the backdoor trained into the active "
+                                  "channels of a clean reference, its dormant ones left dead as decoys")(Recipe(
+    {"kind": "patch", "target": 0, "size": 3, "value": 1.0, "position": "bottom-right", "margin": 1},
+    {"ratio": 0.1, "decoy_fraction": 0.3}, needs_reference=True))
 
 
 def poison_indices(y: np.ndarray, trig: TriggerConfig, poison: PoisonConfig, num_classes: int,
