@@ -7,8 +7,8 @@ verify stage measures the model's own trigger, read from its attack.json / trigg
 here, for the report only; the pipelines' deciding stages never see it (tests/test_no_peeking.py).
 
 Writes benchmarks/results/<name>.json (every row), <name>.md (the table the README shows) and <name>-bars.png.
-Runs are kept under --runs; a finished run (report.json present and the same pipeline hash) is reused, so an
-interrupted benchmark resumes where it stopped.
+Runs are kept under --runs; a finished run (report.json present and the same pipeline hash) is reused, and an
+unfinished one resumes from its stage cache, so an interrupted benchmark goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def der(d_asr: float, d_acc: float) -> float:
     return (max(0.0, d_asr) - max(0.0, d_acc) + 1) / 2
 
 
-def configure(pipeline: Path, folder: Path, overrides: list[str]):
-    cfg = load_pipeline(pipeline, [f"model.path={folder}", *overrides], cwd=Path.cwd())
+def configure(pipeline: Path, folder: Path, overrides: list[str], source: str = "folder"):
+    model = folder / "model.onnx" if source == "onnx" else folder
+    cfg = load_pipeline(pipeline, [f"model.path={model}", *overrides], cwd=Path.cwd())
     attack = read_attack(folder) or {}
     trig = trigger_from_attack(folder, attack) if attack else None
     verify = cfg.stages.verify.model_copy(update={"triggers": {attack["attack"]: trig} if trig else {}})
@@ -52,19 +53,22 @@ def configure(pipeline: Path, folder: Path, overrides: list[str]):
     return cfg.model_copy(update={"stages": stages, "tracking": tracking}), attack
 
 
-def run_one(pipeline: Path, folder: Path, runs: Path, overrides: list[str], reuse_stale: bool = False) -> dict[str, Any]:
-    cfg, attack = configure(pipeline, folder, overrides)
-    out = runs / pipeline.stem / folder.name
+def run_one(pipeline: Path, folder: Path, runs: Path, overrides: list[str], reuse_stale: bool = False,
+            source: str = "folder") -> dict[str, Any]:
+    cfg, attack = configure(pipeline, folder, overrides, source)
+    label = pipeline.stem if source == "folder" else f"{pipeline.stem} ({source})"
+    out = runs / label.replace(" (", "@").rstrip(")") / folder.name
     report_path = out / "report.json"
     if report_path.is_file():
         old = json.loads(report_path.read_text())
         same = cfg.digest() in (old.get("pipeline", {}).get("sha256"), digest_of_resolved(out / "config.resolved.yaml"))
         if same or reuse_stale:
             print(f"  reuse {out}" + ("" if same else " (stale: made with another pipeline hash)"), flush=True)
-            return {**row(pipeline.stem, folder, attack, old, out), "stale": not same}
-    print(f"  run {pipeline.stem} on {folder.name}", flush=True)
-    report = run_pipeline(cfg, out, pipeline.resolve()).report
-    return row(pipeline.stem, folder, attack, report, out)
+            return {**row(label, folder, attack, old, out), "stale": not same}
+    print(f"  run {label} on {folder.name}", flush=True)
+    # resume: the finished stages of a run interrupted mid-pipeline come from its stage cache (keyed by their inputs)
+    report = run_pipeline(cfg, out, pipeline.resolve(), resume=True).report
+    return row(label, folder, attack, report, out)
 
 
 def row(pipeline: str, folder: Path, attack: dict[str, Any], r: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -91,6 +95,7 @@ def row(pipeline: str, folder: Path, attack: dict[str, Any], r: dict[str, Any], 
         res["latency_ratio"] = {k: v["ratio"] for k, v in lat.items()}
     if "int8" in r:
         res["int8"] = {"clean_acc": r["int8"]["clean_acc"], "asr": r["int8"]["asr"].get(name),
+                       "top1_agreement": r["int8"].get("top1_agreement_vs_fp32"),
                        "latency_ratio_vs_fp32": {k: v["ratio"] for k, v in r["int8"]["latency_vs_fp32"].items()}}
     return res
 
@@ -145,6 +150,17 @@ def markdown(rows: list[dict[str, Any]], floors: dict[str, float] | None = None)
             f"{r['params_after'] / r['params_before']:.2f}", f"{r['macs_after'] / r['macs_before']:.2f}", lat,
             " / ".join(f"{s.get(k, 0):.0f}" for k in STAGE_SECONDS),
         ]) + " |")
+    quantised = [r for r in rows if "int8" in r]
+    if quantised:
+        lines += ["", "INT8 (onnxruntime static quantisation, calibrated on the tune split; verified again on the test "
+                  "set):", "", "| pipeline | model | clean acc fp32 → INT8 | ASR fp32 → INT8 | top-1 agreement with fp32 | "
+                  "latency INT8 / fp32 (batch 1 / 64) |", "|---|---|---|---|---|---|"]
+        for r in quantised:
+            q = r["int8"]
+            lat = " / ".join(f"{q['latency_ratio_vs_fp32'][k]:.2f}" for k in ("batch_1", "batch_64")
+                             if k in q["latency_ratio_vs_fp32"]) or "—"
+            lines.append(f"| {r['pipeline']} | {r['model']} | {pct(r['clean_acc_after'])} → {pct(q['clean_acc'])} | "
+                         f"{pct(r['asr_after'])} → {pct(q['asr'])} | {pct(q.get('top1_agreement'))} | {lat} |")
     if any(r.get("stale") for r in rows):
         lines += ["", "† reused from a run made with an earlier pipeline hash (older harden defaults or YAML); its "
                   "report.json in the run folder says exactly what ran."]
@@ -213,6 +229,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="model folder names to include")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value for every run")
     ap.add_argument("--readme", action="store_true", help="also splice the table into README.md (bench:<name>)")
+    ap.add_argument("--source", nargs="+", choices=("folder", "onnx"), default=["folder"],
+                    help="what each model is ingested from: its folder (safetensors) and/or its model.onnx; the "
+                         "onnx rows are labelled 'PIPELINE (onnx)'")
     ap.add_argument("--reuse-stale", action="store_true",
                     help="reuse finished runs even when their pipeline hash differs (an older harden or YAML); such "
                          "rows are marked † in the table")
@@ -223,8 +242,9 @@ def main() -> None:
     rows, t0 = [], time.time()
     try:
         for pipeline in args.pipelines:
-            for folder in folders:
-                rows.append(run_one(pipeline, folder, args.runs, args.overrides, args.reuse_stale))
+            for source in args.source:
+                for folder in folders:
+                    rows.append(run_one(pipeline, folder, args.runs, args.overrides, args.reuse_stale, source))
     except HardenError as exc:
         sys.exit(f"benchmark: {exc}")
     results = REPO / "benchmarks" / "results"

@@ -26,6 +26,15 @@ def test_markdown_table_and_means():
     assert "| p | 5.00 | 0.75 | 0.50 | 92.0 |" in md  # mean ASR, drop over all, drop on clean, DER
     assert "Floors" not in md
     assert "badnets 1.20" in markdown([_row("p", "bad", 0.8, 0.79, 0.9, 0.05)], {"badnets": 0.012})
+    assert "INT8" not in md
+
+
+def test_int8_rows_get_their_own_table():
+    row = {**_row("g", "bad", 0.8, 0.79, 0.9, 0.05), "int8": {
+        "clean_acc": 0.785, "asr": 0.06, "top1_agreement": 0.99, "latency_ratio_vs_fp32": {"batch_1": 0.5,
+                                                                                         "batch_64": 0.4}}}
+    md = markdown([row])
+    assert "| g | bad | 79.00 → 78.50 | 5.00 → 6.00 | 99.00 | 0.50 / 0.40 |" in md
 
 
 def test_splice_replaces_only_the_named_block(tmp_path):
