@@ -17,8 +17,14 @@ def test_pipeline_quantises_measures_int8_and_times_both_files(tiny_workspace):
     report = run_pipeline(cfg, out).report
     q = report["int8"]
     assert (out / "model.int8.onnx").is_file() and not (out / ".int8-work").exists()
-    ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    graph = onnx.load(str(out / "model.int8.onnx")).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    first = next(n for n in graph.node if n.op_type == "Conv" and n.input[0] == graph.input[0].name)
+    head = next(n for n in graph.node if graph.output[0].name in n.output)
+    assert head.op_type == "Gemm" and producer.get(head.input[1]) != "DequantizeLinear"  # fp32 ends (fp32_ends)
+    assert producer.get(first.input[1]) != "DequantizeLinear"
+    assert any(n.op_type == "Conv" and producer.get(n.input[1]) == "DequantizeLinear" for n in graph.node)
     assert 0 <= q["clean_acc"] <= 1 and set(q["asr"]) == {"patch"} and q["top1_agreement_vs_fp32"] > 0.5
     assert set(q["latency_vs_fp32"]) == {"batch_1", "batch_64"}
     assert set(report["latency"]) == {"batch_1", "batch_64"} and (out / "source.onnx").is_file()
