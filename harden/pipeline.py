@@ -344,7 +344,9 @@ def _latency(src: ModelArtifact, hardened: Path, out_dir: Path, cfg) -> dict[str
     """The source model exported the way the hardened one was, then both timed side by side (report only)."""
     source = export.write_reference(src.model, src.contract.input_size, out_dir / "source.onnx", cfg.exporter,
                                     cfg.slim)
-    return {k: {"source_ms": v["reference_ms"], "hardened_ms": v["candidate_ms"], "ratio": v["ratio"]}
+    names = {"reference_ms": "source_ms", "candidate_ms": "hardened_ms", "reference_median_ms": "source_median_ms",
+             "candidate_median_ms": "hardened_median_ms", "ratio": "ratio"}
+    return {k: {names[m]: x for m, x in v.items()}
             for k, v in latency.compare(source, hardened, tuple(cfg.latency_batches)).items()}
 
 
