@@ -1,9 +1,22 @@
-"""The source model exported by harden's own exporter (so both sides of a latency comparison go through the same
-exporter and onnxslim), for benchmark rows whose run did not measure latency itself."""
+"""ONNX latency of finished benchmark runs, re-measured side by side (hardened model.onnx against the source model
+exported by harden's own exporter and onnxslim, so both sides went through the same tool chain).
+
+    python benchmarks/latency.py runs/bench-scan/recommended --name zoo-latency
+
+Run it on a quiet machine: the pipelines time latency while other jobs may share the CPU. Writes
+benchmarks/results/<name>.json and .md (batch 1 and 64, fastest and median run of each side, and their ratio).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 
 def source_onnx(folder: Path, out: Path) -> Path:
@@ -16,3 +29,38 @@ def source_onnx(folder: Path, out: Path) -> Path:
         art = load_model(folder)
         write_reference(art.model, art.contract.input_size, path)
     return path
+
+
+def main() -> None:
+    from harden.latency import compare
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", type=Path, help="a folder of run folders (each with model.onnx and report.json)")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    rows = []
+    for out in sorted(p for p in args.runs.iterdir() if (p / "model.onnx").is_file() and (p / "report.json").is_file()):
+        report = json.loads((out / "report.json").read_text())
+        source = source_onnx(Path(report["source"]["path"]).parent if "source" in report else out, out)
+        lat = compare(source, out / "model.onnx", (1, 64), rounds=args.rounds)
+        rows.append({"run": str(out), "model": out.name, "params_ratio": report["params"]["after"] / report["params"]["before"],
+                     "latency": lat})
+        print(out.name, {k: round(v["ratio"], 3) for k, v in lat.items()}, flush=True)
+    lines = ["| model | params after / before | batch 1: ms source → hardened (ratio) | batch 64: ms source → hardened "
+             "(ratio) |", "|---|---|---|---|"]
+    for r in rows:
+        cells = [f"{v['reference_ms']:.2f} → {v['candidate_ms']:.2f} ({v['ratio']:.2f})"
+                 for v in (r["latency"]["batch_1"], r["latency"]["batch_64"])]
+        lines.append(f"| {r['model']} | {r['params_ratio']:.2f} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    results = REPO / "benchmarks" / "results"
+    meta = {"runs": str(args.runs), "machine": f"{os.cpu_count()} CPU cores", "threads": 1, "rounds": args.rounds,
+            "load_average_at_end": os.getloadavg()}
+    (results / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (results / f"{args.name}.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
