@@ -26,6 +26,7 @@ from .data import ImageSet, load_images
 from .data.sources import _digest, _read_npz
 from .errors import HardenError
 from .evaluate import accuracy, attack_metrics, torch_predictor
+from .models.loading import sha256_file
 from .models.registry import create_model
 from .train import TrainSettings, train
 
@@ -177,11 +178,8 @@ def _start_from_reference(model: torch.nn.Module, reference, job: ZooJob, clean:
                           "attack continues from the reference's weights, so train it with the same --arch/--width")
     model.load_state_dict(ref_state)
     hook, info = plant_decoys(model, clean, contract, fraction)
-    return [hook], {"decoys": info, "reference_sha256": _digest_file(job.reference / "model.safetensors")}
-
-
-def _digest_file(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    weights = job.reference / "model.safetensors"
+    return [hook], {"decoys": info, "reference_sha256": sha256_file(weights) if weights.is_file() else None}
 
 
 def _with_folder(trig, folder: Path):
@@ -201,7 +199,7 @@ def _write_folder(folder: Path, model: torch.nn.Module, arch: str, model_args: d
     from .stages.export import finalize, to_onnx
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    report["sha256"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    report["sha256"] = sha256_file(folder / "model.safetensors")
     config = {
         "architecture": arch, "model_args": model_args, "num_classes": contract.num_classes,
         "label_names": list(contract.labels),

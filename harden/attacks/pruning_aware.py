@@ -18,6 +18,7 @@ from ..artifacts import InputContract
 from ..data import ImageSet
 from ..errors import HardenError
 from ..models.surgery import find_classifier, trace
+from ..scorers.dormant import channel_means
 
 # Ops that keep channels apart between the last BatchNorm and the classifier (activation, pooling, flattening).
 _PASS_MODULES = (nn.ReLU, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
@@ -53,23 +54,12 @@ def feature_bn(model: nn.Module) -> str:
                       f"{type(model).__name__} has none")
 
 
-@torch.no_grad()
-def dormancy(model: nn.Module, bn_name: str, data: ImageSet, contract: InputContract, batch_size: int = 256,
-             limit: int = 5000) -> np.ndarray:
-    """Mean activation after the BN's ReLU per channel over (up to ``limit``) clean images: Fine-Pruning's measure."""
-    bn = model.get_submodule(bn_name)
-    total = torch.zeros(bn.num_features)
-    seen: list[torch.Tensor] = []
-    handle = bn.register_forward_hook(lambda _m, _i, out: seen.append(F.relu(out).mean((0, 2, 3)) * len(out)))
+def dormancy(model: nn.Module, bn_name: str, data: ImageSet, contract: InputContract, limit: int = 5000) -> np.ndarray:
+    """Mean activation after the BN's ReLU per channel over (up to ``limit``) clean images: Fine-Pruning's measure,
+    as the dormant scorer takes it."""
     model.eval()
-    n = min(limit, len(data))
-    try:
-        for start in range(0, n, batch_size):
-            model(contract.normalize(data.batch01(slice(start, min(start + batch_size, n)))))
-            total += seen.pop().cpu()
-    finally:
-        handle.remove()
-    return (total / n).numpy()
+    return channel_means(model, data.subset(np.arange(min(limit, len(data))), "dormancy"), contract,
+                         [bn_name])[bn_name].numpy()
 
 
 class KeepDecoysDead:

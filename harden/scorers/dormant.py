@@ -55,31 +55,15 @@ class DormantScorer:
     def score(self, model: nn.Module, data: ImageSet | None, contract: InputContract) -> ChannelScores:
         if data is None:
             raise ValueError("the dormant scorer needs clean data")
-        modules = dict(model.named_modules())
-        sums: dict[str, torch.Tensor] = {}
-
-        def add(name: str, act: torch.Tensor) -> None:  # per-channel mean over space, summed over the batch
-            act = act.flatten(2).mean(2) if act.dim() > 2 else act
-            sums[name] = sums.get(name, 0) + act.sum(0).double()
-
         if self.cfg.layers:
             targets = {name: _producers(model, name) for name in self.cfg.layers}
-            handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: add(n, F.relu(out)))
-                       for n in targets]
         else:  # the classifier's input: the pooled post-activation features (BackdoorBench's hook)
             classifier = find_classifier(model)
             targets = {classifier: feature_producers(model, classifier)}
-            handles = [modules[classifier].register_forward_pre_hook(lambda _m, args: add(classifier, args[0]))]
-        try:
-            with torch.inference_mode():
-                for start in track(range(0, len(data), self.cfg.batch_size), "dormant activations"):
-                    model(contract.normalize(data.batch01(slice(start, start + self.cfg.batch_size))))
-        finally:
-            for h in handles:
-                h.remove()
+        means = channel_means(model, data, contract, list(self.cfg.layers), self.cfg.batch_size)
         layers: dict[str, LayerScores] = {}
         for name, convs in targets.items():
-            act = (sums[name] / len(data)).float()
+            act = means[name]
             # percentile of dormancy: rank 0 = most active; ties keep index order (deterministic)
             order = np.argsort(-act.numpy(), kind="stable")
             pct = torch.empty(len(act))
@@ -88,3 +72,30 @@ class DormantScorer:
             for conv in convs:
                 layers[conv] = LayerScores(score=pct.clone(), flag=flag.clone(), raw=act.clone())
         return ChannelScores(method="dormant", layers=layers)
+
+
+def channel_means(model: nn.Module, data: ImageSet, contract: InputContract, layers: list[str],
+                  batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Mean post-ReLU activation per channel over ``data`` (spatial mean, then mean over images), at the output of
+    each module in ``layers``; with no layers, at the classifier's input (keyed by the classifier's name).
+    Fine-Pruning's dormancy measure, shared with the pruning-aware attack that plants decoys against it."""
+    modules = dict(model.named_modules())
+    sums: dict[str, torch.Tensor] = {}
+
+    def add(name: str, act: torch.Tensor) -> None:  # per-channel mean over space, summed over the batch
+        act = act.flatten(2).mean(2) if act.dim() > 2 else act
+        sums[name] = sums.get(name, 0) + act.sum(0).double().cpu()
+
+    if layers:
+        handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: add(n, F.relu(out))) for n in layers]
+    else:
+        classifier = find_classifier(model)
+        handles = [modules[classifier].register_forward_pre_hook(lambda _m, args: add(classifier, args[0]))]
+    try:
+        with torch.inference_mode():
+            for start in track(range(0, len(data), batch_size), "dormant activations"):
+                model(contract.normalize(data.batch01(slice(start, start + batch_size))))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: (total / len(data)).float() for name, total in sums.items()}
