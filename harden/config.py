@@ -146,6 +146,11 @@ class FinetuneStage(StrictModel):
                                       "on inputs stamped with the scan's inverted trigger (0: off; needs "
                                       "stages.scan, and acts only when the scan flags the model)")
     contrastive_temperature: float = Field(0.5, gt=0)
+    unlearn_weight: float = Field(0.0, ge=0, description="weight of adversarial unlearning of a universal "
+                                  "perturbation (harden/unlearn.py; 0: off): for full-image triggers that the scan "
+                                  "and pruning miss, at some clean accuracy")
+    unlearn_radius: float = Field(2.0, gt=0, description="L2 radius of that perturbation, raw pixels in [0, 1]")
+    unlearn_steps: int = Field(5, ge=1, description="signed-ascent steps re-fitting it on each batch")
     clip_grad_norm: Optional[float] = Field(5.0, gt=0, description="gradient-norm clipping (null: off)")
     max_steps: Optional[int] = Field(None, ge=1, description="cap on optimizer steps (tests and smoke runs)")
 

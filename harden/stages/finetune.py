@@ -15,6 +15,7 @@ from ..evaluate import accuracy, torch_predictor
 from ..mcl import ContrastiveHook, kept_features
 from ..scan import ScanResult
 from ..train import TrainSettings, train
+from ..unlearn import UniversalUnlearn
 
 
 class Distill:
@@ -61,6 +62,9 @@ def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageS
     if cfg.distill_weight > 0:
         hooks = [*hooks, Distill(teacher, art.contract, cfg.distill_weight, cfg.distill_temperature,
                                  cfg.distill_mix, seed)]
+
+    if cfg.unlearn_weight > 0:
+        hooks = [*hooks, UniversalUnlearn(art.contract, cfg.unlearn_weight, cfg.unlearn_radius, cfg.unlearn_steps)]
 
     if cfg.contrastive_weight > 0 and scan is not None and scan.target is not None:
         t = scan.target
