@@ -30,8 +30,8 @@ class UniversalUnlearn:
     def _project(self, d: torch.Tensor) -> torch.Tensor:
         return d * (self.radius / d.norm().clamp_min(1e-12)).clamp(max=1.0)
 
-    def _perturbed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.contract.normalize((x + self.delta).clamp(0, 1))
+    def _input(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return self.contract.normalize((x + d).clamp(0, 1))
 
     def extra_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.delta is None or self.delta.shape != x.shape[1:] or self.delta.device != x.device:
@@ -40,7 +40,7 @@ class UniversalUnlearn:
         step = 2.5 * self.radius / self.steps / math.sqrt(x[0].numel())
         for _ in range(self.steps):
             d = self.delta.clone().requires_grad_(True)
-            loss = F.cross_entropy(model(self.contract.normalize((x + d).clamp(0, 1))), y)
+            loss = F.cross_entropy(model(self._input(x, d)), y)
             (grad,) = torch.autograd.grad(loss, d)  # never into the model's .grad
             self.delta = self._project(d.detach() + step * grad.sign())
-        return self.weight * F.cross_entropy(model(self._perturbed(x)), y)
+        return self.weight * F.cross_entropy(model(self._input(x, self.delta)), y)

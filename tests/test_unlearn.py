@@ -1,13 +1,15 @@
-import copy
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harden.attacks import PoisonConfig, build_trigger
+from harden.attacks.triggers import SineTrigger
 from harden.config import FinetuneStage
 from harden.data import ImageSet
+from harden.evaluate import attack_metrics, torch_predictor
 from harden.train import TrainSettings, train
 from harden.unlearn import UniversalUnlearn
+from harden.zoo import poisoned_training_set
 
 from .conftest import TINY_CONTRACT, synthetic_images
 
@@ -30,38 +32,27 @@ def test_the_perturbation_stays_in_its_ball_raises_the_loss_and_leaves_no_gradie
     assert tiny_cnn.conv1.weight.grad.abs().sum() > 0
 
 
-def _shift_asr(model: torch.nn.Module, data: ImageSet, shift: float) -> float:
-    x = data.batch01(slice(0, len(data)))
-    keep = torch.from_numpy(data.y) != 0
-    with torch.no_grad():
-        pred = model.eval()(TINY_CONTRACT.normalize((x[keep] + shift).clamp(0, 1))).argmax(1)
-    return float((pred == 0).float().mean())
+def _asr(model: torch.nn.Module, data: ImageSet, trig: SineTrigger) -> float:
+    predict = torch_predictor(model, TINY_CONTRACT, torch.device("cpu"))
+    return attack_metrics(predict, data, build_trigger(trig), trig, 4)[0]
 
 
-def test_unlearning_removes_a_full_image_shortcut_that_plain_fine_tuning_keeps(tiny_cnn):
-    """A planted full-image trigger (every pixel +0.25 -> class 0): fine-tuning on clean data alone keeps it,
+def test_unlearning_removes_a_full_image_trigger_that_plain_fine_tuning_keeps(tiny_cnn):
+    """A planted SIG-style sinusoid over the whole image (-> class 0): fine-tuning on clean data alone keeps it,
     the same fine-tuning with the unlearning hook removes most of it."""
-    train_set, clean, heldout = _images(400, 1), _images(200, 2), _images(200, 3)
-    model, shift = copy.deepcopy(tiny_cnn).train(), 0.25
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    x_all, y_all = train_set.batch01(slice(0, len(train_set))), torch.from_numpy(train_set.y)
-    for _ in range(300):
-        idx = torch.randint(0, len(y_all), (64,), generator=gen)
-        x, y = x_all[idx].clone(), y_all[idx].clone()
-        x[:16], y[:16] = (x[:16] + shift).clamp(0, 1), 0
-        loss = F.cross_entropy(model(TINY_CONTRACT.normalize(x)), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert _shift_asr(model, heldout, shift) > 0.9
+    trig = SineTrigger(target=0, delta=0.1)
+    poisoned, _ = poisoned_training_set(_images(400, 1), trig, PoisonConfig(ratio=0.25), 4, seed=0)
+    clean, heldout = _images(200, 2), _images(200, 3)
 
-    def finetune(hooks):
-        settings = TrainSettings(epochs=40, lr=0.05, patience=40, augment=False, freeze_bn=True, keep_last=True)
-        return train(model, clean, TINY_CONTRACT, settings, lambda m: 0.0, torch.device("cpu"), hooks).model
+    def fit(model, data, hooks=(), lr=0.001):
+        settings = TrainSettings(epochs=40, lr=lr, patience=40, augment=False, freeze_bn=True, keep_last=True)
+        return train(model, data, TINY_CONTRACT, settings, lambda m: 0.0, torch.device("cpu"), list(hooks)).model
 
-    cfg = FinetuneStage(unlearn_weight=1.0, unlearn_radius=float(np.sqrt(3 * 16 * 16)) * shift)
-    plain = _shift_asr(finetune([]), heldout, shift)
-    unlearnt = _shift_asr(finetune([UniversalUnlearn(TINY_CONTRACT, cfg.unlearn_weight, cfg.unlearn_radius,
-                                                     cfg.unlearn_steps)]), heldout, shift)
+    backdoored = fit(tiny_cnn, poisoned, lr=0.05)
+    assert _asr(backdoored, heldout, trig) > 0.9
+    # radius: the sinusoid's own L2 norm (amplitude / sqrt 2 over 3 x 16 x 16 values)
+    cfg = FinetuneStage(unlearn_weight=1.0, unlearn_radius=float(trig.delta * np.sqrt(3 * 16 * 16 / 2)))
+    plain = _asr(fit(backdoored, clean), heldout, trig)
+    unlearnt = _asr(fit(backdoored, clean, [UniversalUnlearn(TINY_CONTRACT, cfg.unlearn_weight, cfg.unlearn_radius,
+                                                             cfg.unlearn_steps)]), heldout, trig)
     assert plain > 0.5 and unlearnt < plain / 2, (plain, unlearnt)
