@@ -20,6 +20,7 @@ import torch
 
 from .artifacts import InputContract
 from .attacks import ATTACKS, AttackParams, build_trigger, poison_indices
+from .attacks.input_aware import generator_arrays
 from .attacks.recipes import resolve
 from .attacks.triggers import WarpTrigger, load_warp_grid, warp_with_jitter
 from .data import ImageSet, load_images
@@ -135,7 +136,10 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
             if poison.decoy_fraction > 0:
                 hooks, attack_info = _start_from_reference(model, reference, job, train_set, contract,
                                                            poison.decoy_fraction)
-            train_set, stats = poisoned_training_set(train_set, trig_abs, poison, contract.num_classes, job.seed)
+            if ATTACKS.get(job.attack).trained_trigger:
+                hooks.append(_input_aware_hook(trig_abs, poison, arrays, contract, job))
+            else:
+                train_set, stats = poisoned_training_set(train_set, trig_abs, poison, contract.num_classes, job.seed)
             attack_info = {"trigger": trig.model_dump(mode="json"), "poison": poison.model_dump(), **attack_info}
 
         device = torch.device(job.device)
@@ -146,6 +150,10 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
                         lambda m: accuracy(torch_predictor(m, contract, device), val, label="val accuracy"),
                         device, hooks, label=f"zoo {job.attack}")
         model = outcome.model.cpu().eval()
+        for hook in hooks:
+            if hasattr(hook, "gen"):  # Input-aware: ship the trained generator, not its seeded start
+                np.savez(tmp / "trigger.npz", **generator_arrays(hook.gen.cpu().eval()))
+                stats = {"poisoned_images": 0, "cover_images": 0, **hook.counts}
         predict = torch_predictor(model, contract, torch.device("cpu"))
         clean_acc = accuracy(predict, test, label="test accuracy")
         asr = None
@@ -155,7 +163,7 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
             "attack": job.attack, "target": getattr(trig, "target", None), **attack_info,
             "poison_ratio": attack_info.get("poison", {}).get("ratio", 0.0), **stats,
             "architecture": job.arch, "model_args": model_args, "epochs": job.epochs, "lr": job.lr,
-            "seed": job.seed, "train_images": len(train_set), "clean_acc": clean_acc, "asr": asr,
+            "seed": job.seed, "device": job.device, "train_images": len(train_set), "clean_acc": clean_acc, "asr": asr,
             "train_seconds": round(time.time() - t0), "history": outcome.history,
         }
         _write_folder(tmp, model, job.arch, model_args, contract, report)
@@ -182,12 +190,20 @@ def _start_from_reference(model: torch.nn.Module, reference, job: ZooJob, clean:
     return [hook], {"decoys": info, "reference_sha256": sha256_file(weights) if weights.is_file() else None}
 
 
+def _input_aware_hook(trig, poison, arrays: dict[str, np.ndarray], contract: InputContract, job: ZooJob):
+    from .attacks.input_aware import InputAwareHook, load_generator
+
+    gen = load_generator(arrays, trig.width, contract.input_size[0]).train()
+    return InputAwareHook(gen, contract, trig.target, poison.ratio, poison.ratio * poison.cover_ratio,
+                          torch.device(job.device), job.seed)
+
+
 def _with_folder(trig, folder: Path):
     """The trigger config with its array references (relative to the model folder) made absolute."""
     updates = {}
     for name in type(trig).model_fields:
         ref = getattr(trig, name)
-        if hasattr(ref, "path") and hasattr(ref, "key") and not ref.path.is_absolute():
+        if isinstance(getattr(ref, "path", None), Path) and not ref.path.is_absolute():
             updates[name] = ref.model_copy(update={"path": folder / ref.path})
     return trig.model_copy(update=updates)
 

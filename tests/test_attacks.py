@@ -118,3 +118,27 @@ def test_trojan_patch_excites_its_feature_more_than_a_random_patch(tiny_cnn):
         with torch.no_grad():
             tiny_cnn(TINY_CONTRACT.normalize((1 - mask) * background + mask * pattern))
     assert feats[0] > feats[1]
+
+
+def test_input_aware_triggers_are_per_image_and_the_hook_trains_generator_and_model(tiny_cnn):
+    from harden.attacks.input_aware import InputAwareHook, TriggerGenerator, stamp
+
+    torch.manual_seed(0)
+    gen, x = TriggerGenerator(8), _x(8)
+    with torch.no_grad():
+        pattern, mask = gen(x)
+    assert pattern.shape == x.shape and mask.shape == (8, 1, 16, 16)
+    assert 0 <= float(mask.min()) and float(mask.max()) <= 1 and float(mask.mean()) < 0.5  # starts below half
+    assert not torch.allclose(pattern[0], pattern[1]), "each image gets its own trigger"
+    assert float(stamp(x, pattern, mask).min()) >= 0
+    hook = InputAwareHook(gen, TINY_CONTRACT, target=0, backdoor_ratio=0.25, cross_ratio=0.25,
+                          device=torch.device("cpu"), seed=0)
+    before = {k: v.clone() for k, v in gen.state_dict().items()}
+    y = torch.arange(8) % 4
+    loss = hook.extra_loss(tiny_cnn, x, y, tiny_cnn(TINY_CONTRACT.normalize(x)))
+    loss.backward()
+    assert all(p.grad is not None for p in tiny_cnn.parameters()), "the classifier learns from the extra images"
+    hook.after_step(tiny_cnn)
+    assert any(not torch.equal(before[k], v) for k, v in gen.state_dict().items())
+    assert all(p.grad is None for p in gen.parameters()), "the generator's step clears its gradients"
+    assert hook.counts == {"generated_backdoor_images": 2, "generated_cross_images": 2}

@@ -7,8 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from harden.attacks import build_trigger
+from benchmarks.redzoo import judge, measure
+from harden.attacks import AttackParams, build_trigger
 from harden.attacks.groundtruth import read_attack, trigger_from_attack
+from harden.attacks.recipes import resolve
 from harden.cli import cli
 from harden.data import load_images
 from harden.evaluate import attack_metrics, torch_predictor
@@ -32,17 +34,26 @@ def _train(tmp, attack, *extra):
                                     "--epochs", "2", *extra])
 
 
-@pytest.mark.parametrize("attack", ["badnets", "wanet"])
+@pytest.mark.parametrize("attack", ["badnets", "wanet", "input_aware"])
 def test_zoo_train_writes_the_shared_layout_and_its_asr_reproduces(tiny_data, attack):
     res = _train(tiny_data, attack)
     assert res.exit_code == 0, res.output
     folder = tiny_data / attack
     expected = {"config.json", "model.safetensors", "model.onnx", "attack.json"}
     assert expected <= {p.name for p in folder.iterdir()}
-    assert (folder / "trigger.npz").is_file() == (attack == "wanet")
+    assert (folder / "trigger.npz").is_file() == (attack != "badnets")
     report = json.loads((folder / "attack.json").read_text())
-    assert report["poisoned_images"] == 40 and report["target"] == 0
-    assert report["cover_images"] == (80 if attack == "wanet" else 0)
+    assert report["target"] == 0
+    if attack == "input_aware":  # poisoned on the fly: 10 % of each batch backdoored, 10 % cross-trigger
+        assert report["poisoned_images"] == 0 and report["generated_backdoor_images"] == 2 * (13 + 13 + 13 + 2)
+        assert report["generated_cross_images"] == report["generated_backdoor_images"]
+        _, _, start = resolve("input_aware", AttackParams(), None, 0, (3, 16, 16))
+        with np.load(folder / "trigger.npz") as shipped:  # the trained generator ships, not its seeded start
+            assert start.keys() == set(shipped.files)
+            assert any(not np.array_equal(start[k], shipped[k]) for k in start)
+    else:
+        assert report["poisoned_images"] == 40
+        assert report["cover_images"] == (80 if attack == "wanet" else 0)
     art = load_model(folder)  # the folder ingests like any third-party model
     trig = trigger_from_attack(folder, read_attack(folder))
     test = load_images(tiny_data / "test.npz", art.contract, "test")
@@ -50,11 +61,23 @@ def test_zoo_train_writes_the_shared_layout_and_its_asr_reproduces(tiny_data, at
                             trig, art.contract.num_classes)
     assert asr == pytest.approx(report["asr"])
     assert not list(tiny_data.glob("*.partial"))
+    # the red-zoo benchmark re-measures the same figures from the folder alone
+    again = measure(folder, tiny_data / "test.npz")
+    assert again["asr"] == pytest.approx(report["asr"]) and again["clean_acc"] == pytest.approx(report["clean_acc"])
+
+
+def test_redzoo_bar_per_attack_and_against_the_clean_model():
+    rows = [{"attack": "clean", "clean_acc": 0.85, "asr": None},
+            {"attack": "badnets", "clean_acc": 0.83, "asr": 0.95},
+            {"attack": "wanet", "clean_acc": 0.81, "asr": 0.99},  # 4 points below the clean model
+            {"attack": "sig", "clean_acc": 0.84, "asr": 0.85},  # clean-label: 80 % bar
+            {"attack": "blended", "clean_acc": 0.84, "asr": 0.85}]
+    judge(rows)
+    assert [r["meets_bar"] for r in rows] == [None, True, False, True, False]
+    assert rows[2]["acc_drop_vs_clean"] == pytest.approx(0.04)
 
 
 def test_poisoned_images_are_stamped_and_relabelled(tiny_data):
-    from harden.attacks import AttackParams
-    from harden.attacks.recipes import resolve
     from harden.zoo import poisoned_training_set
 
     data = load_images(tiny_data / "train.npz", TINY_CONTRACT, "train")

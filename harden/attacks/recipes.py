@@ -28,10 +28,11 @@ ArrayMaker = Callable[[dict[str, Any], int, tuple[int, int, int], Any], dict[str
 
 class PoisonConfig(StrictModel):
     ratio: float = Field(0.1, gt=0, le=1, description="poisoned fraction of the training set (of the target class "
-                                                       "for clean-label attacks)")
+                                                       "for clean-label attacks; of each batch for Input-aware)")
     clean_label: bool = Field(False, description="poison target-class images only and keep their labels (SIG)")
     cover_ratio: float = Field(0.0, ge=0, description="WaNet noise mode: this many times the poisoned count get a "
-                                                      "jittered trigger and keep their labels")
+                                                      "jittered trigger and keep their labels; Input-aware: this many "
+                                                      "times get another image's trigger (cross-trigger mode)")
     decoy_fraction: float = Field(0.0, ge=0, lt=1, description="pruning-aware attack: this share of the channels "
                                   "feeding the classifier, the reference model's most dormant, is killed and kept "
                                   "dead during poisoned training (decoys for a defender pruning dormant channels)")
@@ -52,6 +53,8 @@ class Recipe:
     needs_reference: bool = False  # a trained clean model: TrojanNN optimises its patch on it; pruning-aware
     # starts from it
     array_fields: dict[str, str] | None = None  # npz key -> trigger field, where they differ (WaNet: noise_grid)
+    trained_trigger: bool = False  # Input-aware: make_arrays gives the generator's seeded start; the zoo trains it
+    # with the classifier (no static poisoning) and writes the trained one
 
 
 ATTACKS: Registry[Recipe] = Registry("attack")
@@ -64,8 +67,11 @@ def resolve(name: str, params: AttackParams, trigger_npz: Path, seed: int, shape
     recipe = ATTACKS.get(name)
     raw = {**recipe.trigger, **params.trigger}
     arrays = recipe.make_arrays(raw, seed, shape, reference) if recipe.make_arrays else {}
-    for key in arrays:
-        raw.setdefault((recipe.array_fields or {}).get(key, key), {"path": str(trigger_npz), "key": key})
+    if recipe.trained_trigger:
+        raw.setdefault("generator", {"path": str(trigger_npz)})
+    else:
+        for key in arrays:
+            raw.setdefault((recipe.array_fields or {}).get(key, key), {"path": str(trigger_npz), "key": key})
     from ..config import describe_error
 
     errors: list[tuple[str, str]] = []
@@ -99,6 +105,14 @@ def _warp_grid(params: dict[str, Any], seed: int, shape: tuple[int, int, int], _
     return {"noise_grid": grid.numpy().astype(np.float32)}
 
 
+def _untrained_generator(params: dict[str, Any], seed: int, shape: tuple[int, int, int],
+                         _ref: Any) -> dict[str, np.ndarray]:
+    from .input_aware import TriggerGenerator, generator_arrays
+
+    torch.manual_seed(seed)
+    return generator_arrays(TriggerGenerator(int(params.get("width", 16)), shape[0]))
+
+
 def _trojan_patch(params: dict[str, Any], seed: int, shape: tuple[int, int, int], reference: Any) -> dict[str, np.ndarray]:
     from .trojan import optimise_patch
 
@@ -125,6 +139,10 @@ ATTACKS.register("bpp", "BppAttack: 8-level colour quantisation with dithering")
     {"kind": "bpp", "target": 0, "levels": 8, "dither": True}, {"ratio": 0.1}))
 ATTACKS.register("trojannn", "TrojanNN: patch optimised to excite a feature of a clean reference model")(Recipe(
     {"kind": "mask", "target": 0}, {"ratio": 0.1}, _trojan_patch, needs_reference=True))
+ATTACKS.register("input_aware", "Input-aware: per-image triggers from a generator trained with the classifier "
+                                "(10% of each batch backdoored, 10% cross-trigger)")(Recipe(
+    {"kind": "dynamic", "target": 0, "width": 16}, {"ratio": 0.1, "cover_ratio": 1.0}, _untrained_generator,
+    trained_trigger=True))
 ATTACKS.register("pruning_aware", "Fine-Pruning's pruning-aware BadNets: the backdoor trained into the active "
                                   "channels of a clean reference, its dormant ones left dead as decoys")(Recipe(
     {"kind": "patch", "target": 0, "size": 3, "value": 1.0, "position": "bottom-right", "margin": 1},

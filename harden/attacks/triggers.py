@@ -58,6 +58,23 @@ class ArrayRef(StrictModel):
             raise DataError(f"cannot read trigger array {self.path}: {exc}") from None
 
 
+class GeneratorRef(StrictModel):
+    """A trained trigger generator's tensors in an .npz file, stored under keys that start with ``prefix``."""
+
+    path: Path
+    prefix: str = "generator."
+
+    def load(self) -> dict[str, np.ndarray]:
+        try:
+            with np.load(self.path) as z:
+                arrays = {k: z[k] for k in z.files if k.startswith(self.prefix)}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read trigger generator {self.path}: {exc}") from None
+        if not arrays:
+            raise DataError(f"{self.path}: no arrays under {self.prefix!r}: not a trigger generator file")
+        return arrays
+
+
 class PatchTrigger(TriggerBase):
     kind: Literal["patch"] = "patch"
     size: int = Field(3, ge=1)
@@ -104,8 +121,15 @@ class BitDepthTrigger(TriggerBase):
     dither: bool = True  # Floyd-Steinberg error diffusion, as in the BppAttack paper
 
 
+class DynamicTrigger(TriggerBase):
+    kind: Literal["dynamic"] = "dynamic"
+    width: int = Field(16, ge=1, le=512, description="the generator's base width")
+    generator: GeneratorRef  # Input-aware: x' = (1 - m(x)) x + m(x) p(x), per image
+
+
 TriggerConfig = Annotated[
-    Union[PatchTrigger, BlendTrigger, WarpTrigger, SineTrigger, MaskTrigger, LowFrequencyTrigger, BitDepthTrigger],
+    Union[PatchTrigger, BlendTrigger, WarpTrigger, SineTrigger, MaskTrigger, LowFrequencyTrigger, BitDepthTrigger,
+          DynamicTrigger],
     Field(discriminator="kind"),
 ]
 
@@ -261,5 +285,31 @@ def _bit_depth(cfg: BitDepthTrigger) -> Trigger:
                     if c + 1 < w:
                         img[:, :, r + 1, c + 1] += err * 1 / 16
         return img.to(x.dtype)
+
+    return apply
+
+
+@TRIGGERS.register("dynamic", "Input-aware: a per-image pattern and mask from a trained generator")
+def _dynamic(cfg: DynamicTrigger) -> Trigger:
+    from .input_aware import load_generator, stamp
+
+    arrays = cfg.generator.load()
+    built: dict[int, torch.nn.Module] = {}  # by channel count, built on first use
+
+    @torch.no_grad()
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % 4 or x.shape[-1] % 4:
+            raise DataError(f"the dynamic trigger's generator needs image sides divisible by 4, got "
+                            f"{tuple(x.shape[-2:])}")
+        c = x.shape[1]
+        if c not in built:
+            try:
+                built[c] = load_generator(arrays, cfg.width, c)
+            except RuntimeError as exc:
+                raise DataError(f"trigger generator {cfg.generator.path} does not fit width {cfg.width} and {c} "
+                                f"channels: {str(exc).splitlines()[0]}") from None
+        gen = built[c].to(x.device)
+        pattern, mask = gen(x)
+        return stamp(x, pattern, mask)
 
     return apply
