@@ -2,7 +2,10 @@
 
     python benchmarks/trigger_gallery.py --reference ../shared/zoo/preact18-clean
 
-TrojanNN's patch is optimised on --reference (a trained clean model); without one that panel is left out.
+TrojanNN's patch is optimised on --reference (a trained clean model); without one that panel is left out. The
+Input-aware trigger is a generator trained with its model: --input-aware takes such a model folder (from `harden zoo
+train input_aware`) and draws its trigger; without one that panel is left out too (an untrained generator's stamp
+shows nothing of the attack).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from harden.attacks import ATTACKS, AttackParams, build_trigger  # noqa: E402
+from harden.attacks.groundtruth import read_attack, trigger_from_attack  # noqa: E402
 from harden.attacks.recipes import resolve  # noqa: E402
 
 
@@ -28,6 +32,7 @@ def main() -> None:
     data = Path(os.environ.get("HARDEN_DATA", REPO.parent / "shared" / "data"))
     ap.add_argument("--test", type=Path, default=data / "cifar10" / "test.npz")
     ap.add_argument("--reference", type=Path, default=None)
+    ap.add_argument("--input-aware", type=Path, default=None, help="a trained input_aware model folder")
     ap.add_argument("--index", type=int, default=7)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "triggers.png")
     args = ap.parse_args()
@@ -43,6 +48,11 @@ def main() -> None:
         npz = Path(tmp) / "trigger.npz"
         for name in ATTACKS.names():
             if ATTACKS.get(name).needs_reference and reference is None:
+                continue
+            if ATTACKS.get(name).trained_trigger:
+                if args.input_aware is not None:
+                    trig = trigger_from_attack(args.input_aware, read_attack(args.input_aware))
+                    panels.append((name, build_trigger(trig)(img)))
                 continue
             trig, _, arrays = resolve(name, AttackParams(), npz, 0, tuple(img.shape[1:]), reference)
             if arrays:

@@ -20,7 +20,7 @@ import torch
 
 from .artifacts import InputContract
 from .attacks import ATTACKS, AttackParams, build_trigger, poison_indices
-from .attacks.input_aware import generator_arrays
+from .attacks.input_aware import InputAwareHook, generator_arrays, load_generator
 from .attacks.recipes import resolve
 from .attacks.triggers import WarpTrigger, load_warp_grid, warp_with_jitter
 from .data import ImageSet, load_images
@@ -151,7 +151,7 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
                         device, hooks, label=f"zoo {job.attack}")
         model = outcome.model.cpu().eval()
         for hook in hooks:
-            if hasattr(hook, "gen"):  # Input-aware: ship the trained generator, not its seeded start
+            if isinstance(hook, InputAwareHook):  # ship the trained generator, not its seeded start
                 np.savez(tmp / "trigger.npz", **generator_arrays(hook.gen.cpu().eval()))
                 stats = {"poisoned_images": 0, "cover_images": 0, **hook.counts}
         predict = torch_predictor(model, contract, torch.device("cpu"))
@@ -163,8 +163,8 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
             "attack": job.attack, "target": getattr(trig, "target", None), **attack_info,
             "poison_ratio": attack_info.get("poison", {}).get("ratio", 0.0), **stats,
             "architecture": job.arch, "model_args": model_args, "epochs": job.epochs, "lr": job.lr,
-            "seed": job.seed, "device": job.device, "train_images": len(train_set), "clean_acc": clean_acc, "asr": asr,
-            "train_seconds": round(time.time() - t0), "history": outcome.history,
+            "seed": job.seed, "device": job.device, "train_images": len(train_set), "clean_acc": clean_acc,
+            "asr": asr, "train_seconds": round(time.time() - t0), "history": outcome.history,
         }
         _write_folder(tmp, model, job.arch, model_args, contract, report)
     except BaseException:
@@ -191,10 +191,12 @@ def _start_from_reference(model: torch.nn.Module, reference, job: ZooJob, clean:
 
 
 def _input_aware_hook(trig, poison, arrays: dict[str, np.ndarray], contract: InputContract, job: ZooJob):
-    from .attacks.input_aware import InputAwareHook, load_generator
-
     gen = load_generator(arrays, trig.width, contract.input_size[0]).train()
-    return InputAwareHook(gen, contract, trig.target, poison.ratio, poison.ratio * poison.cover_ratio,
+
+    def relabel(y: torch.Tensor) -> torch.Tensor:  # the backdoor's label: the target, or y + 1 for all-to-all
+        return torch.from_numpy(trig.targets(y.cpu().numpy(), contract.num_classes)).to(y.device)
+
+    return InputAwareHook(gen, contract, relabel, poison.ratio, poison.ratio * poison.cover_ratio,
                           torch.device(job.device), job.seed)
 
 

@@ -131,7 +131,7 @@ def test_input_aware_triggers_are_per_image_and_the_hook_trains_generator_and_mo
     assert 0 <= float(mask.min()) and float(mask.max()) <= 1 and float(mask.mean()) < 0.5  # starts below half
     assert not torch.allclose(pattern[0], pattern[1]), "each image gets its own trigger"
     assert float(stamp(x, pattern, mask).min()) >= 0
-    hook = InputAwareHook(gen, TINY_CONTRACT, target=0, backdoor_ratio=0.25, cross_ratio=0.25,
+    hook = InputAwareHook(gen, TINY_CONTRACT, lambda y: torch.zeros_like(y), backdoor_ratio=0.25, cross_ratio=0.25,
                           device=torch.device("cpu"), seed=0)
     before = {k: v.clone() for k, v in gen.state_dict().items()}
     y = torch.arange(8) % 4

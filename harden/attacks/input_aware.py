@@ -12,6 +12,8 @@ pre-trained mask network.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -66,11 +68,12 @@ class InputAwareHook:
     """Training hook: adds the backdoor and cross-trigger batches and the generator's own terms to the loss, and
     steps the generator after every classifier step."""
 
-    def __init__(self, gen: TriggerGenerator, contract: InputContract, target: int, backdoor_ratio: float,
+    def __init__(self, gen: TriggerGenerator, contract: InputContract,
+                 relabel: Callable[[torch.Tensor], torch.Tensor], backdoor_ratio: float,
                  cross_ratio: float, device: torch.device, seed: int, lr: float = 1e-3, density: float = 0.05,
                  density_weight: float = 10.0, diversity_weight: float = 1.0):
         self.gen, self.contract = gen.to(device).train(), contract
-        self.target, self.backdoor_ratio, self.cross_ratio = target, backdoor_ratio, cross_ratio
+        self.relabel, self.backdoor_ratio, self.cross_ratio = relabel, backdoor_ratio, cross_ratio
         self.density, self.density_weight, self.diversity_weight = density, density_weight, diversity_weight
         self.opt = torch.optim.Adam(self.gen.parameters(), lr=lr)
         self.rng = torch.Generator().manual_seed(seed)
@@ -90,7 +93,7 @@ class InputAwareHook:
         inputs = torch.cat([bd, cross])
         self.counts["generated_backdoor_images"] += n_bd
         self.counts["generated_cross_images"] += n_cross
-        labels = torch.cat([torch.full((n_bd,), self.target, device=x.device), y[own[n_bd:]]])
+        labels = torch.cat([self.relabel(y[own[:n_bd]]), y[own[n_bd:]]])  # the backdoor's label, or the true one
         # the extra images weigh in as if they were part of the batch, the paper's mixture of modes
         ce = F.cross_entropy(model(self.contract.normalize(inputs)), labels) * len(inputs) / n
         d_x = (x[own] - x[other]).flatten(1).norm(dim=1)
