@@ -81,10 +81,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         meets = {None: "—", True: "yes", False: "**no**"}[r["meets_bar"]]
         bar = "—" if r["min_asr"] is None else f"ASR ≥ {100 * r['min_asr']:.0f}"
+        drop = r["acc_drop_vs_clean"]
+        delta = "—" if r["attack"] == "clean" or drop is None else _pct(-drop, True)
         lines.append(
             f"| {r['model']} | {r['attack']}{' (all-to-all)' if r.get('mode') == 'all-to-all' else ''} | "
             f"{r['epochs']} | {_pct(r['clean_acc_recorded'])} / {_pct(r['clean_acc'])} | "
-            f"{_pct(None if r['acc_drop_vs_clean'] is None else -r['acc_drop_vs_clean'], True)} | "
+            f"{delta} | "
             f"{_pct(r['asr_recorded'])} / {_pct(r['asr'])} | {_pct(r['asr_on_correct'])} | "
             f"{bar} | {meets} |")
     return "\n".join(lines) + "\n"

@@ -245,12 +245,12 @@ def main() -> None:
             for source in args.source:
                 for folder in folders:
                     rows.append(run_one(pipeline, folder, args.runs, args.overrides, args.reuse_stale, source))
+        test = load_pipeline(args.pipelines[0], [f"model.path={folders[0]}"], cwd=Path.cwd()).data.test
+        floors = trigger_floors(model_folders(args.models), test.path if test else None)
     except HardenError as exc:
         sys.exit(f"benchmark: {exc}")
     results = REPO / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    test = load_pipeline(args.pipelines[0], [f"model.path={folders[0]}"], cwd=Path.cwd()).data.test
-    floors = trigger_floors(model_folders(args.models), test.path if test else None)
     meta = {"models": str(args.models), "pipelines": [str(p) for p in args.pipelines], "overrides": args.overrides,
             "wall_seconds": round(time.time() - t0), "machine": f"{os.cpu_count()} CPU cores"}
     (results / f"{args.name}.json").write_text(json.dumps({"meta": meta, "floors": floors, "rows": rows}, indent=1))
