@@ -120,6 +120,7 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
         model = create_model(job.arch, contract.num_classes, model_args)
 
         trig, stats, attack_info, hooks = None, {"poisoned_images": 0, "cover_images": 0}, {}, []
+        generator_hook: InputAwareHook | None = None
         if job.attack != CLEAN:
             reference = None
             if ATTACKS.get(job.attack).needs_reference:
@@ -137,7 +138,8 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
                 hooks, attack_info = _start_from_reference(model, reference, job, train_set, contract,
                                                            poison.decoy_fraction)
             if ATTACKS.get(job.attack).trained_trigger:
-                hooks.append(_input_aware_hook(trig_abs, poison, arrays, contract, job))
+                generator_hook = _input_aware_hook(trig_abs, poison, contract, job)
+                hooks.append(generator_hook)
             else:
                 train_set, stats = poisoned_training_set(train_set, trig_abs, poison, contract.num_classes, job.seed)
             attack_info = {"trigger": trig.model_dump(mode="json"), "poison": poison.model_dump(), **attack_info}
@@ -150,10 +152,9 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
                         lambda m: accuracy(torch_predictor(m, contract, device), val, label="val accuracy"),
                         device, hooks, label=f"zoo {job.attack}")
         model = outcome.model.cpu().eval()
-        for hook in hooks:
-            if isinstance(hook, InputAwareHook):  # ship the trained generator, not its seeded start
-                np.savez(tmp / "trigger.npz", **generator_arrays(hook.gen.cpu().eval()))
-                stats = {"poisoned_images": 0, "cover_images": 0, **hook.counts}
+        if generator_hook is not None:  # ship the trained generator, not its seeded start
+            np.savez(tmp / "trigger.npz", **generator_arrays(generator_hook.gen.cpu().eval()))
+            stats = {"poisoned_images": 0, "cover_images": 0, **generator_hook.counts}
         predict = torch_predictor(model, contract, torch.device("cpu"))
         clean_acc = accuracy(predict, test, label="test accuracy")
         asr = None
@@ -190,8 +191,9 @@ def _start_from_reference(model: torch.nn.Module, reference, job: ZooJob, clean:
     return [hook], {"decoys": info, "reference_sha256": sha256_file(weights) if weights.is_file() else None}
 
 
-def _input_aware_hook(trig, poison, arrays: dict[str, np.ndarray], contract: InputContract, job: ZooJob):
-    gen = load_generator(arrays, trig.width, contract.input_size[0]).train()
+def _input_aware_hook(trig, poison, contract: InputContract, job: ZooJob) -> InputAwareHook:
+    """The hook training ``trig``'s generator, started from the seeded one already written to trigger.npz."""
+    gen = load_generator(trig.generator.load(), trig.width, contract.input_size[0]).train()
 
     def relabel(y: torch.Tensor) -> torch.Tensor:  # the backdoor's label: the target, or y + 1 for all-to-all
         return torch.from_numpy(trig.targets(y.cpu().numpy(), contract.num_classes)).to(y.device)

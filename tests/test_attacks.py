@@ -142,3 +142,18 @@ def test_input_aware_triggers_are_per_image_and_the_hook_trains_generator_and_mo
     assert any(not torch.equal(before[k], v) for k, v in gen.state_dict().items())
     assert all(p.grad is None for p in gen.parameters()), "the generator's step clears its gradients"
     assert hook.counts == {"generated_backdoor_images": 2, "generated_cross_images": 2}
+
+
+def test_dynamic_trigger_reads_its_generator_under_any_prefix(tmp_path):
+    from harden.attacks.input_aware import TriggerGenerator, generator_arrays
+    from harden.attacks.triggers import GENERATOR_PREFIX, DynamicTrigger
+
+    torch.manual_seed(0)
+    arrays = generator_arrays(TriggerGenerator(8).eval())
+    np.savez(tmp_path / "default.npz", **arrays)
+    np.savez(tmp_path / "custom.npz", **{"g." + k[len(GENERATOR_PREFIX):]: v for k, v in arrays.items()})
+    x = _x()
+    default = build_trigger(DynamicTrigger(target=0, width=8, generator={"path": tmp_path / "default.npz"}))(x)
+    custom = build_trigger(DynamicTrigger(target=0, width=8,
+                                          generator={"path": tmp_path / "custom.npz", "prefix": "g."}))(x)
+    assert torch.equal(default, custom) and not torch.equal(default, x)

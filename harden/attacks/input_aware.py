@@ -20,8 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..artifacts import InputContract
-
-PREFIX = "generator."  # key prefix of the generator's tensors in trigger.npz
+from .triggers import GENERATOR_PREFIX
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -54,13 +53,13 @@ def stamp(x: torch.Tensor, pattern: torch.Tensor, mask: torch.Tensor) -> torch.T
 
 
 def generator_arrays(gen: TriggerGenerator) -> dict[str, np.ndarray]:
-    return {PREFIX + k: v.detach().cpu().numpy() for k, v in gen.state_dict().items()}
+    """The generator's tensors as trigger.npz holds them (GeneratorRef.load reads them back)."""
+    return {GENERATOR_PREFIX + k: v.detach().cpu().numpy() for k, v in gen.state_dict().items()}
 
 
-def load_generator(arrays: dict[str, np.ndarray], width: int, channels: int) -> TriggerGenerator:
+def load_generator(state: dict[str, np.ndarray], width: int, channels: int) -> TriggerGenerator:
     gen = TriggerGenerator(width, channels)
-    state = {k[len(PREFIX):]: torch.from_numpy(np.asarray(v)) for k, v in arrays.items() if k.startswith(PREFIX)}
-    gen.load_state_dict(state)  # strict: a file for another width fails here, and the caller reports it
+    gen.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})  # strict: a file for another width fails here, and the caller reports it
     return gen.eval()
 
 

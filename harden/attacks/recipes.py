@@ -109,8 +109,9 @@ def _untrained_generator(params: dict[str, Any], seed: int, shape: tuple[int, in
                          _ref: Any) -> dict[str, np.ndarray]:
     from .input_aware import TriggerGenerator, generator_arrays
 
-    torch.manual_seed(seed)
-    return generator_arrays(TriggerGenerator(int(params.get("width", 16)), shape[0]))
+    with torch.random.fork_rng(devices=[]):  # a seeded start without moving the caller's global RNG
+        torch.manual_seed(seed)
+        return generator_arrays(TriggerGenerator(int(params.get("width", 16)), shape[0]))
 
 
 def _trojan_patch(params: dict[str, Any], seed: int, shape: tuple[int, int, int], reference: Any) -> dict[str, np.ndarray]:

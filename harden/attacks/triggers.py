@@ -58,16 +58,20 @@ class ArrayRef(StrictModel):
             raise DataError(f"cannot read trigger array {self.path}: {exc}") from None
 
 
+GENERATOR_PREFIX = "generator."  # where `harden zoo train` stores a trained trigger generator in trigger.npz
+
+
 class GeneratorRef(StrictModel):
     """A trained trigger generator's tensors in an .npz file, stored under keys that start with ``prefix``."""
 
     path: Path
-    prefix: str = "generator."
+    prefix: str = GENERATOR_PREFIX
 
     def load(self) -> dict[str, np.ndarray]:
+        """The generator's state dict (keys without the prefix)."""
         try:
             with np.load(self.path) as z:
-                arrays = {k: z[k] for k in z.files if k.startswith(self.prefix)}
+                arrays = {k[len(self.prefix):]: z[k] for k in z.files if k.startswith(self.prefix)}
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read trigger generator {self.path}: {exc}") from None
         if not arrays:
@@ -293,7 +297,7 @@ def _bit_depth(cfg: BitDepthTrigger) -> Trigger:
 def _dynamic(cfg: DynamicTrigger) -> Trigger:
     from .input_aware import load_generator, stamp
 
-    arrays = cfg.generator.load()
+    state = cfg.generator.load()
     built: dict[int, torch.nn.Module] = {}  # by channel count, built on first use
 
     @torch.no_grad()
@@ -304,7 +308,7 @@ def _dynamic(cfg: DynamicTrigger) -> Trigger:
         c = x.shape[1]
         if c not in built:
             try:
-                built[c] = load_generator(arrays, cfg.width, c)
+                built[c] = load_generator(state, cfg.width, c)
             except RuntimeError as exc:
                 raise DataError(f"trigger generator {cfg.generator.path} does not fit width {cfg.width} and {c} "
                                 f"channels: {str(exc).splitlines()[0]}") from None
