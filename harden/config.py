@@ -151,6 +151,13 @@ class FinetuneStage(StrictModel):
                                   "and pruning miss, at some clean accuracy")
     unlearn_radius: float = Field(2.0, gt=0, description="L2 radius of that perturbation, raw pixels in [0, 1]")
     unlearn_steps: int = Field(5, ge=1, description="signed-ascent steps re-fitting it on each batch")
+    trigger_unlearn_weight: float = Field(0.0, ge=0, description="weight of adversarial unlearning of the scan's "
+                                          "inverted trigger (pattern inside its mask, or warp), re-fitted to the "
+                                          "model on every batch (harden/unlearn.py; 0: off; acts only when the scan "
+                                          "flags the model)")
+    trigger_unlearn_steps: int = Field(3, ge=1, description="signed-descent steps re-fitting the trigger per batch")
+    trigger_unlearn_step_size: float = Field(0.1, gt=0, le=1, description="size of each step, a fraction of the "
+                                             "parameters' range (pattern: [0, 1]; warp: +-max_shift pixels)")
     clip_grad_norm: Optional[float] = Field(5.0, gt=0, description="gradient-norm clipping (null: off)")
     max_steps: Optional[int] = Field(None, ge=1, description="cap on optimizer steps (tests and smoke runs)")
 

@@ -67,7 +67,7 @@ def evaluate(cfg: GateConfig, report: dict[str, Any]) -> list[GateCheck]:
         if "scan" not in report:
             checks.append(GateCheck("itasr", None, cfg.max_itasr, False, "gate.max_itasr needs stages.scan.enabled"))
         elif not report["scan"]["flagged"]:
-            checks.append(GateCheck("itasr", None, cfg.max_itasr, True, "Neural Cleanse found no backdoor to re-test"))
+            checks.append(GateCheck("itasr", None, cfg.max_itasr, True, "the scan found no backdoor to re-test"))
         else:
             at_most("itasr", report["itasr"]["after"], cfg.max_itasr, "inverted-trigger ASR after hardening")
     if cfg.rescan_clean:
@@ -77,9 +77,10 @@ def evaluate(cfg: GateConfig, report: dict[str, Any]) -> list[GateCheck]:
         else:
             flagged = bool(rescan["flagged"])
             verdict = f"still flags class {rescan['target']}" if flagged else "finds no backdoor"
+            warp = f", warp success {rescan['warp']['max_success']:.2f}" if "warp" in rescan else ""
             checks.append(GateCheck("rescan", float(flagged), 0, not flagged,
                                     f"fresh scan of the hardened model {verdict} (anomaly "
-                                    f"{rescan['max_anomaly']:.2f}, norm ratio {rescan['min_norm_ratio']:.2f})"))
+                                    f"{rescan['max_anomaly']:.2f}, norm ratio {rescan['min_norm_ratio']:.2f}{warp})"))
     int8 = report.get("int8")
     if int8 is not None:  # the INT8 file ships too: the same limits apply to it
         for trig in sorted(set(int8["asr"]) | set(cfg.max_asr_per_trigger)):

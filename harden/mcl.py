@@ -1,17 +1,18 @@
 """MCL (model-contrastive learning, algorithms.md §6) as a hook on the one training loop.
 
-For each clean batch x, stamp the Neural Cleanse trigger of the suspected target, x~ = (1 - m) x + m p. The model's
-penultimate features of x~ are pulled toward the frozen suspect's features of the clean x (positive) and pushed from
-the suspect's features of x~ (negative): L = softplus((cos(z, z-) - cos(z, z+)) / tau). The loop's clean
-cross-entropy is the MOON-style CE term the spec recommends. Features are the classifier's input; when pruning
-removed some of them, the suspect's are index-selected to the kept ones.
+For each clean batch x, stamp the scan's inverted trigger of the suspected target: Neural Cleanse's
+x~ = (1 - m) x + m p, or the inverted warp. The model's penultimate features of x~ are pulled toward the frozen
+suspect's features of the clean x (positive) and pushed from the suspect's features of x~ (negative):
+L = softplus((cos(z, z-) - cos(z, z+)) / tau). The loop's clean cross-entropy is the MOON-style CE term the spec
+recommends. Features are the classifier's input; when pruning removed some of them, the suspect's are index-selected
+to the kept ones.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -50,20 +51,16 @@ def kept_features(student: nn.Module, teacher: nn.Module, classifier: str) -> li
 class ContrastiveHook:
     """Training hook: the MCL term on inverted-trigger inputs, against a frozen copy of the suspect model."""
 
-    def __init__(self, teacher: nn.Module, classifier: str, mask: np.ndarray, pattern: np.ndarray,
+    def __init__(self, teacher: nn.Module, classifier: str, stamp: Callable[[torch.Tensor], torch.Tensor],
                  contract: InputContract, weight: float, temperature: float, kept: list[int] | None):
+        """``stamp``: images in [0, 1] -> the same images with the inverted trigger (ScanResult.stamp)."""
         self.teacher = copy.deepcopy(teacher).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.classifier, self.contract = classifier, contract
-        self.mask = torch.as_tensor(mask, dtype=torch.float32)[None, None]
-        self.pattern = torch.as_tensor(pattern, dtype=torch.float32)[None]
+        self.stamp = stamp
         self.weight, self.tau = weight, temperature
         self.kept = None if kept is None else torch.tensor(kept)
-
-    def stamp(self, x: torch.Tensor) -> torch.Tensor:
-        m, p = self.mask.to(x.device), self.pattern.to(x.device)
-        return (1 - m) * x + m * p
 
     def extra_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         self.teacher.to(x.device)

@@ -215,6 +215,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                 console.print("[yellow]fine-tuning diverged (held-out accuracy fell); kept the model from before it[/]")
             report["finetune"] = {"epochs_run": ft.epochs_run, "best_epoch": ft.best_epoch, "diverged": ft.diverged,
                                   "contrastive": st.finetune.contrastive_weight > 0 and bool(found and found.flagged),
+                                  "trigger_unlearn": st.finetune.trigger_unlearn_weight > 0
+                                  and bool(found and found.flagged),
                                   "heldout_acc_start": ft.heldout_acc_before, "heldout_acc_best": ft.best_heldout_acc}
 
         _save_weights(out_dir / "hardened.safetensors", current.model)
@@ -261,10 +263,13 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
             report["rescan"] = again.summary()
         if found is not None and found.flagged:  # trigger-free check: the inverted trigger, on held-out images
             t = found.target
-            write_npz(out_dir / "itasr-trigger.npz", mask=found.masks[t], pattern=found.patterns[t])
+            if found.kind == "warp" and found.warp is not None:
+                write_npz(out_dir / "itasr-trigger.npz", field=found.warp.fields[t])
+            else:
+                write_npz(out_dir / "itasr-trigger.npz", mask=found.masks[t], pattern=found.patterns[t])
             itasr = {k: inverted_asr(p, found, inp.heldout, src.contract.num_classes, label=f"ITASR ({k})")
                      for k, p in (("before", before), ("after", after))}
-            report["itasr"] = {"target": found.target, **itasr}
+            report["itasr"] = {"target": found.target, "kind": found.kind, **itasr}
             ctx.tracker.log_metrics({"itasr_before": itasr["before"], "itasr_after": itasr["after"]})
 
         if exp is not None and st.export.latency:
@@ -392,7 +397,10 @@ def summary_table(report: dict[str, Any]):
     if "scan" in report:
         s = report["scan"]
         t.add_row("Neural Cleanse", f"max anomaly {s['max_anomaly']:.2f}",
-                  f"target {report['scan']['target']}" if s["flagged"] else "not flagged")
+                  f"target {s['patch_target']}" if s.get("patch_target") is not None else "not flagged")
+        if "warp" in s:
+            t.add_row("warp inversion", f"max success {pct(s['warp']['max_success'])}",
+                      f"target {s['warp']['target']}" if s["warp"]["target"] is not None else "not flagged")
     if "itasr" in report:
         t.add_row(f"inverted-trigger ASR (class {report['itasr']['target']})", pct(report["itasr"]["before"]),
                   pct(report["itasr"]["after"]))

@@ -40,22 +40,37 @@ def score_histograms(scores: ChannelScores, path: Path, title: str) -> None:
 
 
 def inverted_triggers(result, labels: tuple[str, ...], path: Path) -> None:
-    """Neural Cleanse's best trigger per class (mask * pattern), with its norm and anomaly index."""
+    """Neural Cleanse's best trigger per class (mask * pattern), with its norm and anomaly index; when the warp
+    inversion ran, a second row with each class's displacement field (arrows, in pixels) and its success rate."""
     import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     k = len(result.norms)
-    fig, axes = plt.subplots(1, k, figsize=(1.5 * k, 1.9), squeeze=False)
+    rows = 1 if result.warp is None else 2
+    fig, axes = plt.subplots(rows, k, figsize=(1.5 * k, 1.9 * rows), squeeze=False)
     for i, ax in enumerate(axes[0]):
         img = (result.masks[i][None] * result.patterns[i]).transpose(1, 2, 0)
         ax.imshow(img.clip(0, 1), interpolation="nearest")
-        mark = " *" if result.target == i else ""
+        mark = " *" if result.patch_target == i else ""
         ax.set_title(f"{labels[i][:10]}{mark}\nL1 {result.norms[i]:.0f}  A {result.anomaly[i]:.1f}", fontsize=6)
         ax.axis("off")
+    if result.warp is not None:
+        g = result.warp.fields.shape[-1]
+        yy, xx = np.mgrid[0:g, 0:g]
+        for i, ax in enumerate(axes[1]):
+            field = result.warp.fields[i]
+            ax.quiver(xx, yy, field[0], -field[1], angles="xy", scale_units="xy", scale=result.warp.max_shift * 1.5)
+            ax.set_xlim(-1, g)
+            ax.set_ylim(g, -1)
+            mark = " *" if result.kind == "warp" and result.target == i else ""
+            ax.set_title(f"{labels[i][:10]}{mark}\nwarp {100 * result.warp.success[i]:.0f}%", fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -1,8 +1,9 @@
-"""Adversarial unlearning of a universal perturbation (after I-BAU, Zeng et al., ICLR 2022) as a training hook.
+"""Adversarial unlearning as training hooks: of a universal perturbation (UniversalUnlearn, after I-BAU, Zeng et al.,
+ICLR 2022), for triggers no scan finds; and of the scan's own inverted trigger (TriggerUnlearn), for a flagged model.
 
 Full-image triggers (SIG's sinusoid, WaNet's warp) leave no small patch for Neural Cleanse to find and spread over
-too many channels to prune. What they share is that one input-independent change flips most images. The hook keeps
-one such perturbation (L2 radius in raw pixels), re-fits it to the current model on every batch by signed ascent
+too many channels to prune. What they share is that one input-independent change flips most images. UniversalUnlearn
+keeps one such perturbation (L2 radius in raw pixels), re-fits it to the current model on every batch by signed ascent
 on the clean cross-entropy (warm-started, so it tracks the strongest universal direction), and adds the loss of
 the perturbed batch with its true labels. Nothing here reads a trigger, a target label or poisoned data.
 
@@ -14,12 +15,15 @@ accuracy, SIG 89.8 -> 43.2 % for 2.0, the clean model loses 2.6. A scratch run a
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .artifacts import InputContract
+from .scan import ScanResult
+from .warpscan import warp_images
 
 
 class UniversalUnlearn:
@@ -44,3 +48,55 @@ class UniversalUnlearn:
             (grad,) = torch.autograd.grad(loss, d)  # never into the model's .grad
             self.delta = self._project(d.detach() + step * grad.sign())
         return self.weight * F.cross_entropy(model(self._input(x, self.delta)), y)
+
+
+class TriggerUnlearn:
+    """Adversarial unlearning of the scan's inverted trigger, for a model the scan flagged.
+
+    The inverted trigger is a snapshot of the backdoor in the suspect model. Fine-tuning soon makes the model ignore
+    that exact snapshot while the real trigger, which the inversion only approximates, still works (zoo BadNets after
+    MCL on the fixed snapshot: ASR 4.4 %). So on every batch the trigger's free parameters (the pattern inside Neural
+    Cleanse's mask, or the warp's control points) are re-fitted to the model as it is now (signed descent on the
+    cross-entropy to the suspected target, warm-started, kept in their range), and the model learns to classify the
+    stamped batch by its true labels. The target comes from the scan, never from the attack.
+    """
+
+    def __init__(self, contract: InputContract, params: torch.Tensor,
+                 apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], bounds: tuple[float, float],
+                 target: int, weight: float, steps: int, step_size: float):
+        """``apply(x, params)``: images in [0, 1] stamped; ``step_size``: a fraction of the parameters' range."""
+        self.contract, self.apply, self.bounds, self.target = contract, apply, bounds, target
+        self.params, self.weight, self.steps = params.float(), weight, steps
+        self.step = step_size * (bounds[1] - bounds[0])
+
+    def _stamped(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return self.contract.normalize(self.apply(x, params))
+
+    def extra_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        p = self.params.to(x.device)
+        aim = torch.full_like(y, self.target)
+        for _ in range(self.steps):
+            q = p.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(model(self._stamped(x, q)), aim), q)
+            p = (q.detach() - self.step * grad.sign()).clamp(*self.bounds)
+        self.params = p.detach()
+        return self.weight * F.cross_entropy(model(self._stamped(x, self.params)), y)
+
+
+def trigger_unlearn(scan: ScanResult, contract: InputContract, weight: float, steps: int,
+                    step_size: float) -> TriggerUnlearn:
+    """The hook for the scan's verdict: re-fit the pattern inside the mask (patch) or the control points (warp)."""
+    t = scan.target
+    assert t is not None, "trigger unlearning needs a flagged scan"
+    if scan.kind == "warp" and scan.warp is not None:
+        s = scan.warp.max_shift
+        return TriggerUnlearn(contract, torch.from_numpy(scan.warp.fields[t]), warp_images, (-s, s), t, weight, steps,
+                              step_size)
+    mask = torch.from_numpy(scan.masks[t])[None, None]
+
+    def patch(x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+        m = mask.to(x.device, x.dtype)
+        return (1 - m) * x + m * pattern[None]
+
+    return TriggerUnlearn(contract, torch.from_numpy(scan.patterns[t]), patch, (0.0, 1.0), t, weight, steps,
+                          step_size)

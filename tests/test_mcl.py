@@ -1,7 +1,6 @@
 import copy
 import math
 
-import numpy as np
 import torch
 
 from harden.config import PruneStage
@@ -23,9 +22,10 @@ def test_kept_features_follow_the_pruned_classifier_inputs():
 
 
 def _hook(model, mask_value: float):
-    mask = np.full((16, 16), mask_value, np.float32)
-    pattern = np.ones((3, 16, 16), np.float32)
-    return ContrastiveHook(model, "head", mask, pattern, TINY_CONTRACT, 1.0, 0.5, None)
+    def stamp(x: torch.Tensor) -> torch.Tensor:  # a blend toward white: the inverted-trigger form of Neural Cleanse
+        return (1 - mask_value) * x + mask_value
+
+    return ContrastiveHook(model, "head", stamp, TINY_CONTRACT, 1.0, 0.5, None)
 
 
 def test_contrastive_term_is_log2_without_a_trigger_and_trains_the_student(tiny_cnn):

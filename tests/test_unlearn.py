@@ -1,14 +1,16 @@
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from harden.attacks import PoisonConfig, build_trigger
-from harden.attacks.triggers import SineTrigger
+from harden.attacks.triggers import PatchTrigger, SineTrigger
 from harden.config import FinetuneStage
 from harden.data import ImageSet
 from harden.evaluate import attack_metrics, torch_predictor
 from harden.train import TrainSettings, train
-from harden.unlearn import UniversalUnlearn
+from harden.scan import ScanResult
+from harden.unlearn import UniversalUnlearn, trigger_unlearn
 from harden.zoo import poisoned_training_set
 
 from .conftest import TINY_CONTRACT, synthetic_images
@@ -32,27 +34,80 @@ def test_the_perturbation_stays_in_its_ball_raises_the_loss_and_leaves_no_gradie
     assert tiny_cnn.conv1.weight.grad.abs().sum() > 0
 
 
-def _asr(model: torch.nn.Module, data: ImageSet, trig: SineTrigger) -> float:
+def _patch_scan(mask: np.ndarray, pattern: np.ndarray, target: int) -> ScanResult:
+    """A scan verdict as Neural Cleanse would give it: this mask and pattern for the target class."""
+    masks, patterns = np.zeros((4, *mask.shape), np.float32), np.zeros((4, *pattern.shape), np.float32)
+    masks[target], patterns[target] = mask, pattern
+    return ScanResult(norms=[1.0] * 4, anomaly=[0.0] * 4, failed=[], flagged=True, target=target, masks=masks,
+                      patterns=patterns, kind="patch")
+
+
+def test_the_re_fitted_pattern_stays_in_range_inside_its_mask_and_pulls_toward_the_target(tiny_cnn):
+    x, y = torch.rand(16, 3, 16, 16), torch.randint(0, 4, (16,))
+    mask = np.zeros((16, 16), np.float32)
+    mask[2:6, 2:6] = 1.0
+    start = np.full((3, 16, 16), 0.5, np.float32)
+    hook = trigger_unlearn(_patch_scan(mask, start, 2), TINY_CONTRACT, weight=1.0, steps=5, step_size=0.1)
+
+    def to_target(p: torch.Tensor) -> float:
+        return float(F.cross_entropy(tiny_cnn(hook._stamped(x, p)), torch.full_like(y, 2)))
+
+    before = to_target(torch.from_numpy(start))
+    loss = hook.extra_loss(tiny_cnn, x, y, None)
+    assert 0 <= float(hook.params.min()) and float(hook.params.max()) <= 1
+    outside = torch.from_numpy(mask) == 0
+    assert torch.equal(hook._stamped(x, hook.params)[..., outside], TINY_CONTRACT.normalize(x)[..., outside])
+    assert to_target(hook.params) < before  # descent toward the suspected target
+    assert all(p.grad is None for p in tiny_cnn.parameters())  # the inner fit never writes into .grad
+    loss.backward()
+    assert tiny_cnn.conv1.weight.grad.abs().sum() > 0
+    assert float(F.cross_entropy(tiny_cnn(hook._stamped(x, hook.params)), y)) == pytest.approx(float(loss))
+
+
+def _asr(model: torch.nn.Module, data: ImageSet, trig) -> float:
     predict = torch_predictor(model, TINY_CONTRACT, torch.device("cpu"))
     return attack_metrics(predict, data, build_trigger(trig), trig, 4)[0]
+
+
+def _fit(model, data, hooks=(), lr=0.001, epochs=40):
+    settings = TrainSettings(epochs=epochs, lr=lr, patience=epochs, augment=False, freeze_bn=True, keep_last=True)
+    return train(model, data, TINY_CONTRACT, settings, lambda m: 0.0, torch.device("cpu"), list(hooks)).model
+
+
+def _planted(model, trig, epochs: int) -> tuple[torch.nn.Module, ImageSet, ImageSet]:
+    """The model trained with 25 % of its data poisoned by ``trig``; a clean set to repair with, one to measure on."""
+    poisoned, _ = poisoned_training_set(_images(400, 1), trig, PoisonConfig(ratio=0.25), 4, seed=0)
+    clean, heldout = _images(200, 2), _images(200, 3)
+    backdoored = _fit(model, poisoned, lr=0.05, epochs=epochs)
+    assert _asr(backdoored, heldout, trig) > 0.9
+    return backdoored, clean, heldout
 
 
 def test_unlearning_removes_a_full_image_trigger_that_plain_fine_tuning_keeps(tiny_cnn):
     """A planted SIG-style sinusoid over the whole image (-> class 0): fine-tuning on clean data alone keeps it,
     the same fine-tuning with the unlearning hook removes most of it."""
     trig = SineTrigger(target=0, delta=0.1)
-    poisoned, _ = poisoned_training_set(_images(400, 1), trig, PoisonConfig(ratio=0.25), 4, seed=0)
-    clean, heldout = _images(200, 2), _images(200, 3)
-
-    def fit(model, data, hooks=(), lr=0.001):
-        settings = TrainSettings(epochs=40, lr=lr, patience=40, augment=False, freeze_bn=True, keep_last=True)
-        return train(model, data, TINY_CONTRACT, settings, lambda m: 0.0, torch.device("cpu"), list(hooks)).model
-
-    backdoored = fit(tiny_cnn, poisoned, lr=0.05)
-    assert _asr(backdoored, heldout, trig) > 0.9
+    backdoored, clean, heldout = _planted(tiny_cnn, trig, epochs=40)
     # radius: the sinusoid's own L2 norm (amplitude / sqrt 2 over 3 x 16 x 16 values)
     cfg = FinetuneStage(unlearn_weight=1.0, unlearn_radius=float(trig.delta * np.sqrt(3 * 16 * 16 / 2)))
-    plain = _asr(fit(backdoored, clean), heldout, trig)
-    unlearnt = _asr(fit(backdoored, clean, [UniversalUnlearn(TINY_CONTRACT, cfg.unlearn_weight, cfg.unlearn_radius,
-                                                             cfg.unlearn_steps)]), heldout, trig)
+    plain = _asr(_fit(backdoored, clean, epochs=40), heldout, trig)
+    hook = UniversalUnlearn(TINY_CONTRACT, cfg.unlearn_weight, cfg.unlearn_radius, cfg.unlearn_steps)
+    unlearnt = _asr(_fit(backdoored, clean, [hook], epochs=40), heldout, trig)
+    assert plain > 0.5 and unlearnt < plain / 2, (plain, unlearnt)
+
+
+def test_re_fitting_the_pattern_in_the_mask_removes_a_patch_trigger_that_plain_fine_tuning_keeps(tiny_cnn):
+    """A planted patch (-> class 0) and an inversion that found where it is but not what it looks like (the mask
+    covers the patch, the pattern starts grey): fine-tuning on clean data alone keeps the backdoor; with the re-fitted
+    pattern unlearnt it goes."""
+    trig = PatchTrigger(target=0, size=3, value=1.0, position="bottom-right", margin=1)
+    backdoored, clean, heldout = _planted(tiny_cnn, trig, epochs=30)
+    mask = np.zeros((16, 16), np.float32)
+    mask[11:15, 11:15] = 1.0  # one pixel wider than the 3x3 patch at margin 1
+    grey = np.full((3, 16, 16), 0.5, np.float32)
+    cfg = FinetuneStage(trigger_unlearn_weight=1.0)
+    plain = _asr(_fit(backdoored, clean, epochs=30), heldout, trig)
+    hook = trigger_unlearn(_patch_scan(mask, grey, 0), TINY_CONTRACT, cfg.trigger_unlearn_weight,
+                           cfg.trigger_unlearn_steps, cfg.trigger_unlearn_step_size)
+    unlearnt = _asr(_fit(backdoored, clean, [hook], epochs=30), heldout, trig)
     assert plain > 0.5 and unlearnt < plain / 2, (plain, unlearnt)

@@ -15,7 +15,7 @@ from ..evaluate import accuracy, torch_predictor
 from ..mcl import ContrastiveHook, kept_features
 from ..scan import ScanResult
 from ..train import TrainSettings, train
-from ..unlearn import UniversalUnlearn
+from ..unlearn import UniversalUnlearn, trigger_unlearn
 
 
 class Distill:
@@ -67,10 +67,12 @@ def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageS
         hooks = [*hooks, UniversalUnlearn(art.contract, cfg.unlearn_weight, cfg.unlearn_radius, cfg.unlearn_steps)]
 
     if cfg.contrastive_weight > 0 and scan is not None and scan.target is not None:
-        t = scan.target
-        hooks = [*hooks, ContrastiveHook(teacher, art.classifier, scan.masks[t], scan.patterns[t], art.contract,
-                                         cfg.contrastive_weight, cfg.contrastive_temperature,
+        hooks = [*hooks, ContrastiveHook(teacher, art.classifier, scan.stamp, art.contract, cfg.contrastive_weight,
+                                         cfg.contrastive_temperature,
                                          kept_features(art.model, teacher, art.classifier))]
+    if cfg.trigger_unlearn_weight > 0 and scan is not None and scan.target is not None:
+        hooks = [*hooks, trigger_unlearn(scan, art.contract, cfg.trigger_unlearn_weight, cfg.trigger_unlearn_steps,
+                                         cfg.trigger_unlearn_step_size)]
 
     def heldout_acc(model: torch.nn.Module) -> float:
         return accuracy(torch_predictor(model, art.contract, device), heldout, label="held-out accuracy")

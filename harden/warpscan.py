@@ -1,0 +1,91 @@
+"""Warp inversion: is there a class that one tiny, smooth warp of the image reaches from everywhere?
+
+Neural Cleanse (scan.py) looks for a small *patch*. Warping triggers (WaNet) move every pixel by a fraction of a pixel
+along a smooth field; no patch is small, so Neural Cleanse passes them. This is the same question asked of the warp
+family: for every class at once, fit one smooth displacement field (a k x k grid of control points, bicubic-upsampled,
+each displacement bounded by `max_shift` pixels) that sends the clean images to that class, then measure how often it
+does. A model trained to obey a warp trigger has a class that such a warp reaches from nearly every image; a clean
+model's classes are all hard to reach with a sub-pixel warp (zoo, 0.5 px bound, held-out images: WaNet model class 0
+100 %, every other class of every zoo model 9 % at most). Trigger-free: clean data only.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+
+from .artifacts import InputContract
+from .base import StrictModel
+from .data import ImageSet
+from .progress import track
+
+
+class WarpScanConfig(StrictModel):
+    enabled: bool = Field(False, description="also invert a smooth warp per class (finds WaNet-style triggers)")
+    grid: int = Field(4, ge=2, le=32, description="control points per side of the displacement field")
+    max_shift: float = Field(0.5, gt=0, le=4, description="largest displacement of a control point, in pixels")
+    steps: int = Field(80, ge=1, description="optimisation steps (each stamps one batch with every class's warp)")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.1, gt=0)
+    success: float = Field(0.5, gt=0, le=1, description="flag the model when one class's warp sends at least this "
+                           "share of the other classes' images to it")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class WarpScanResult:
+    success: list[float]  # per class: share of the other classes' images its fitted warp sends to it
+    fields: np.ndarray  # (K, 2, grid, grid) displacement of each control point in pixels (x, y)
+    target: int | None  # the class whose warp succeeds most, when it reaches cfg.success
+    max_shift: float  # the bound the fields were fitted under (pixels)
+
+
+def warp_images(x: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """Warp a batch (B, C, H, W) by one control-point field (2, g, g) in pixels, bicubic in between."""
+    h, w = x.shape[-2:]
+    flow = F.interpolate(field[None], size=(h, w), mode="bicubic", align_corners=True)[0]  # (2, H, W) pixels
+    scale = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], device=x.device, dtype=x.dtype)
+    ident = F.affine_grid(torch.eye(2, 3, device=x.device, dtype=x.dtype)[None], (1, 1, h, w), align_corners=True)
+    grid = (ident + flow.permute(1, 2, 0)[None] * scale).clamp(-1, 1)
+    return F.grid_sample(x, grid.expand(len(x), -1, -1, -1), align_corners=True)
+
+
+def warp_scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: WarpScanConfig,
+              device: torch.device = torch.device("cpu")) -> WarpScanResult:
+    model = copy.deepcopy(model).to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    k = contract.num_classes
+    gen = torch.Generator().manual_seed(cfg.seed)
+    raw = (0.1 * torch.randn(k, 2, cfg.grid, cfg.grid, generator=gen)).to(device).requires_grad_(True)
+    opt = torch.optim.Adam([raw], lr=cfg.lr)
+    targets = torch.arange(k, device=device)
+    rng = np.random.default_rng(cfg.seed)
+    n = min(cfg.batch_size, len(data))
+    for _ in track(range(cfg.steps), "warp inversion"):
+        x = data.batch01(np.sort(rng.choice(len(data), size=n, replace=False)), device)
+        fields = torch.tanh(raw) * cfg.max_shift
+        stamped = torch.cat([warp_images(x, fields[c]) for c in range(k)])
+        loss = F.cross_entropy(model(contract.normalize(stamped)), targets.repeat_interleave(n))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    fields = (torch.tanh(raw) * cfg.max_shift).detach()
+    success = []
+    with torch.no_grad():
+        for c in range(k):
+            idx = np.flatnonzero(data.y != c)
+            hits = 0
+            for start in range(0, len(idx), 256):
+                x = data.batch01(idx[start:start + 256], device)
+                hits += int((model(contract.normalize(warp_images(x, fields[c]))).argmax(1) == c).sum())
+            success.append(hits / max(len(idx), 1))
+    best = int(np.argmax(success))
+    return WarpScanResult(success=[float(s) for s in success], fields=fields.cpu().numpy(),
+                          target=best if success[best] >= cfg.success else None, max_shift=cfg.max_shift)
