@@ -1,7 +1,7 @@
 """ONNX latency of finished benchmark runs, re-measured side by side (hardened model.onnx against the source model
 exported by harden's own exporter and onnxslim, so both sides went through the same tool chain).
 
-    python benchmarks/latency.py runs/bench-scan/recommended --name zoo-latency
+    python benchmarks/latency.py runs/bench-scan/recommended --name zoo-latency [--readme]
 
 Run it on a quiet machine: the pipelines time latency while other jobs may share the CPU. Writes
 benchmarks/results/<name>.json and .md (batch 1 and 64, fastest and median run of each side, and their ratio).
@@ -32,12 +32,14 @@ def source_onnx(folder: Path, out: Path) -> Path:
 
 
 def main() -> None:
+    from benchmarks.run import splice_readme
     from harden.latency import compare
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", type=Path, help="a folder of run folders (each with model.onnx and report.json)")
     ap.add_argument("--name", required=True)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--readme", action="store_true", help="also splice the table into README.md (bench:<name>)")
     args = ap.parse_args()
     rows = []
     for out in sorted(p for p in args.runs.iterdir() if (p / "model.onnx").is_file() and (p / "report.json").is_file()):
@@ -60,6 +62,8 @@ def main() -> None:
     (results / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (results / f"{args.name}.md").write_text(table)
     print(table)
+    if args.readme and not splice_readme(REPO / "README.md", args.name, table):
+        print(f"README.md has no <!-- bench:{args.name} --> block; table not spliced", file=sys.stderr)
 
 
 if __name__ == "__main__":
