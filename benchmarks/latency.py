@@ -32,7 +32,7 @@ def source_onnx(folder: Path, out: Path) -> Path:
 
 
 def main() -> None:
-    from benchmarks.run import splice_readme
+    from benchmarks.run import publish
     from harden.latency import compare
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -55,15 +55,9 @@ def main() -> None:
         cells = [f"{v['reference_ms']:.2f} → {v['candidate_ms']:.2f} ({v['ratio']:.2f})"
                  for v in (r["latency"]["batch_1"], r["latency"]["batch_64"])]
         lines.append(f"| {r['model']} | {r['params_ratio']:.2f} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n"
-    results = REPO / "benchmarks" / "results"
     meta = {"runs": str(args.runs), "machine": f"{os.cpu_count()} CPU cores", "threads": 1, "rounds": args.rounds,
             "load_average_at_end": os.getloadavg()}
-    (results / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (results / f"{args.name}.md").write_text(table)
-    print(table)
-    if args.readme and not splice_readme(REPO / "README.md", args.name, table):
-        print(f"README.md has no <!-- bench:{args.name} --> block; table not spliced", file=sys.stderr)
+    publish(args.name, {"meta": meta, "rows": rows}, "\n".join(lines) + "\n", args.readme)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ source class to send y to y + 1, so its plain ASR cannot rise much above the mod
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.run import model_folders, splice_readme  # noqa: E402
+from benchmarks.run import model_folders, publish  # noqa: E402
 from harden.attacks import build_trigger  # noqa: E402
 from harden.attacks.groundtruth import read_attack, trigger_from_attack  # noqa: E402
 from harden.data import load_images  # noqa: E402
@@ -106,15 +105,9 @@ def main() -> None:
         sys.exit(f"redzoo: no model folder with attack.json under {args.models}")
     rows = [measure(f, args.test) for f in folders]
     judge(rows)
-    results = REPO / "benchmarks" / "results"
     meta = {"models": str(args.models), "test": str(args.test), "min_asr": {"default": DEFAULT_MIN_ASR, **MIN_ASR},
             "max_acc_drop": MAX_ACC_DROP}
-    (results / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    table = markdown(rows)
-    (results / f"{args.name}.md").write_text(table)
-    print(table)
-    if args.readme and not splice_readme(REPO / "README.md", args.name, table):
-        print(f"README.md has no <!-- bench:{args.name} --> block; table not spliced", file=sys.stderr)
+    publish(args.name, {"meta": meta, "rows": rows}, markdown(rows), args.readme)
 
 
 if __name__ == "__main__":

@@ -219,6 +219,20 @@ def splice_readme(readme: Path, name: str, table: str) -> bool:
     return True
 
 
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def publish(name: str, payload: dict[str, Any], table: str, readme: bool) -> None:
+    """Write benchmarks/results/<name>.json (payload) and .md (table), print the table, and with ``readme`` splice it
+    into README.md's bench:<name> block."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1))
+    (RESULTS / f"{name}.md").write_text(table)
+    print(table)
+    if readme and not splice_readme(REPO / "README.md", name, table):
+        print(f"README.md has no <!-- bench:{name} --> block; table not spliced", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("pipelines", nargs="+", type=Path)
@@ -249,17 +263,10 @@ def main() -> None:
         floors = trigger_floors(model_folders(args.models), test.path if test else None)
     except HardenError as exc:
         sys.exit(f"benchmark: {exc}")
-    results = REPO / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
     meta = {"models": str(args.models), "pipelines": [str(p) for p in args.pipelines], "overrides": args.overrides,
             "wall_seconds": round(time.time() - t0), "machine": f"{os.cpu_count()} CPU cores"}
-    (results / f"{args.name}.json").write_text(json.dumps({"meta": meta, "floors": floors, "rows": rows}, indent=1))
-    table = markdown(rows, floors)
-    (results / f"{args.name}.md").write_text(table)
-    bar_chart(rows, results / f"{args.name}-bars.png")
-    print(table)
-    if args.readme and not splice_readme(REPO / "README.md", args.name, table):
-        print(f"README.md has no <!-- bench:{args.name} --> block; table not spliced", file=sys.stderr)
+    publish(args.name, {"meta": meta, "floors": floors, "rows": rows}, markdown(rows, floors), args.readme)
+    bar_chart(rows, RESULTS / f"{args.name}-bars.png")
 
 
 if __name__ == "__main__":
