@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from .warpscan import WarpScanConfig, WarpScanResult, warp_images, warp_scan
 
 
 _EPS = 1e-7
+ApplyTrigger = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images in [0, 1], trigger parameters) -> images
 
 
 class ScanConfig(StrictModel):
@@ -65,14 +67,26 @@ class ScanResult:
     kind: str | None = None  # which inversion stands for the backdoor: "patch" (Neural Cleanse), "warp"; None: clean
     patch_target: int | None = None  # Neural Cleanse's own verdict, also when the warp verdict stands
 
-    def stamp(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] stamped with the suspected target's inverted trigger."""
+    def trigger(self) -> tuple[torch.Tensor, ApplyTrigger, tuple[float, float]]:
+        """The suspected target's inverted trigger as (free parameters, apply(images in [0, 1], parameters), the
+        parameters' range): the pattern inside Neural Cleanse's mask, or the warp's control points."""
         t = self.target
         if self.kind == "warp":
             assert self.warp is not None
-            return warp_images(x, torch.from_numpy(self.warp.fields[t]).to(x.device, x.dtype))
-        m = torch.from_numpy(self.masks[t])[None, None].to(x.device, x.dtype)
-        return (1 - m) * x + m * torch.from_numpy(self.patterns[t])[None].to(x.device, x.dtype)
+            s = self.warp.max_shift
+            return torch.from_numpy(self.warp.fields[t]), warp_images, (-s, s)
+        mask = torch.from_numpy(self.masks[t])[None, None]
+
+        def patch(x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+            m = mask.to(x.device, x.dtype)
+            return (1 - m) * x + m * pattern[None]
+
+        return torch.from_numpy(self.patterns[t]), patch, (0.0, 1.0)
+
+    def stamp(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] stamped with the suspected target's inverted trigger."""
+        params, apply, _ = self.trigger()
+        return apply(x, params.to(x.device, x.dtype))
 
     def summary(self) -> dict:
         finite = [n for n in self.norms if np.isfinite(n)]
@@ -199,12 +213,11 @@ def scan_from_arrays(a: dict[str, np.ndarray]) -> ScanResult:
         wt = int(a["warp_target"])
         warp = WarpScanResult(success=a["warp_success"].tolist(), fields=a["warp_fields"],
                               target=None if wt < 0 else wt, max_shift=float(a["warp_max_shift"]))
-    flagged = bool(a["flagged"])
-    kind = str(a["kind"]) if "kind" in a else ("patch" if flagged else "")  # arrays cached before the warp scan
-    patch = int(a["patch_target"]) if "patch_target" in a else (target if kind == "patch" else -1)
+    patch = int(a["patch_target"])
     return ScanResult(norms=a["norms"].tolist(), anomaly=a["anomaly"].tolist(), failed=a["failed"].tolist(),
-                      flagged=flagged, target=None if target < 0 else target, masks=a["masks"],
-                      patterns=a["patterns"], warp=warp, kind=kind or None, patch_target=None if patch < 0 else patch)
+                      flagged=bool(a["flagged"]), target=None if target < 0 else target, masks=a["masks"],
+                      patterns=a["patterns"], warp=warp, kind=str(a["kind"]) or None,
+                      patch_target=None if patch < 0 else patch)
 
 
 def verdict(norms: np.ndarray, anomaly: np.ndarray, cfg: ScanConfig) -> int | None:

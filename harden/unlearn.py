@@ -15,15 +15,13 @@ accuracy, SIG 89.8 -> 43.2 % for 2.0, the clean model loses 2.6. A scratch run a
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .artifacts import InputContract
-from .scan import ScanResult
-from .warpscan import warp_images
+from .scan import ApplyTrigger, ScanResult
 
 
 class UniversalUnlearn:
@@ -61,8 +59,7 @@ class TriggerUnlearn:
     stamped batch by its true labels. The target comes from the scan, never from the attack.
     """
 
-    def __init__(self, contract: InputContract, params: torch.Tensor,
-                 apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], bounds: tuple[float, float],
+    def __init__(self, contract: InputContract, params: torch.Tensor, apply: ApplyTrigger, bounds: tuple[float, float],
                  target: int, weight: float, steps: int, step_size: float):
         """``apply(x, params)``: images in [0, 1] stamped; ``step_size``: a fraction of the parameters' range."""
         self.contract, self.apply, self.bounds, self.target = contract, apply, bounds, target
@@ -86,17 +83,6 @@ class TriggerUnlearn:
 def trigger_unlearn(scan: ScanResult, contract: InputContract, weight: float, steps: int,
                     step_size: float) -> TriggerUnlearn:
     """The hook for the scan's verdict: re-fit the pattern inside the mask (patch) or the control points (warp)."""
-    t = scan.target
-    assert t is not None, "trigger unlearning needs a flagged scan"
-    if scan.kind == "warp" and scan.warp is not None:
-        s = scan.warp.max_shift
-        return TriggerUnlearn(contract, torch.from_numpy(scan.warp.fields[t]), warp_images, (-s, s), t, weight, steps,
-                              step_size)
-    mask = torch.from_numpy(scan.masks[t])[None, None]
-
-    def patch(x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-        m = mask.to(x.device, x.dtype)
-        return (1 - m) * x + m * pattern[None]
-
-    return TriggerUnlearn(contract, torch.from_numpy(scan.patterns[t]), patch, (0.0, 1.0), t, weight, steps,
-                          step_size)
+    assert scan.target is not None, "trigger unlearning needs a flagged scan"
+    params, apply, bounds = scan.trigger()
+    return TriggerUnlearn(contract, params, apply, bounds, scan.target, weight, steps, step_size)
