@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -85,6 +85,7 @@ def row(pipeline: str, folder: Path, attack: dict[str, Any], r: dict[str, Any], 
         "params_before": r["params"]["before"], "params_after": r["params"]["after"],
         "macs_before": r["macs"]["before"], "macs_after": r["macs"]["after"],
         "threshold": r.get("prune", {}).get("threshold"), "seconds": r["seconds"], "run": str(out),
+        "pipeline_sha256": r.get("pipeline", {}).get("sha256"),
     }
     onnx = r.get("onnx", {}).get("path")
     if onnx and Path(onnx).is_file():
@@ -162,8 +163,9 @@ def markdown(rows: list[dict[str, Any]], floors: dict[str, float] | None = None)
             lines.append(f"| {r['pipeline']} | {r['model']} | {pct(r['clean_acc_after'])} → {pct(q['clean_acc'])} | "
                          f"{pct(r['asr_after'])} → {pct(q['asr'])} | {pct(q.get('top1_agreement'))} | {lat} |")
     if any(r.get("stale") for r in rows):
-        lines += ["", "† reused from a run made with an earlier pipeline hash (older harden defaults or YAML); its "
-                  "report.json in the run folder says exactly what ran."]
+        lines += ["", "† reused from a run made with an earlier pipeline hash (older harden defaults or YAML), or kept "
+                  "by --merge from a results file that did not record the hash; the report.json in the row's run "
+                  "folder says exactly what ran."]
     if floors:
         lines += ["", "Floors (ASR of the clean model on each trigger: the part of any 'ASR after' no defense removes): "
                   + ", ".join(f"{k} {pct(v)}" for k, v in sorted(floors.items())) + "."]
@@ -222,6 +224,33 @@ def splice_readme(readme: Path, name: str, table: str) -> bool:
 RESULTS = REPO / "benchmarks" / "results"
 
 
+def merge(previous: list[dict[str, Any]], rows: list[dict[str, Any]], current: Callable[[dict[str, Any]], bool]
+          ) -> list[dict[str, Any]]:
+    """This run's rows plus the previous results' rows for the (pipeline, model) pairs it did not run. A kept row is
+    marked stale unless ``current(row)`` says its pipeline hash is today's: a slow pipeline (ANP: 40 min a model
+    here) can then fill its table one model at a time without passing off an old configuration's row as current."""
+    done = {(r["pipeline"], r["model"]) for r in rows}
+    kept = [{**r, "stale": bool(r.get("stale")) or not current(r)} for r in previous
+            if (r["pipeline"], r["model"]) not in done]
+    return sorted(rows + kept, key=lambda r: (r["pipeline"], r["model"]))
+
+
+def current_digest(pipelines: list[Path], models: Path, overrides: list[str]) -> Callable[[dict[str, Any]], bool]:
+    """Whether a results row was made with the pipeline hash these pipelines have today (unknown hash: no)."""
+    def check(r: dict[str, Any]) -> bool:
+        folder = models / r["model"]
+        for p in pipelines:
+            for source in ("folder", "onnx"):
+                label = p.stem if source == "folder" else f"{p.stem} ({source})"
+                if label == r["pipeline"] and folder.is_dir() and r.get("pipeline_sha256"):
+                    try:
+                        return configure(p, folder, overrides, source)[0].digest() == r["pipeline_sha256"]
+                    except HardenError:  # the model or a data file it names is gone: the row cannot be re-checked
+                        return False
+        return False
+    return check
+
+
 def publish(name: str, payload: dict[str, Any], table: str, readme: bool) -> None:
     """Write benchmarks/results/<name>.json (payload) and .md (table), print the table, and with ``readme`` splice it
     into README.md's bench:<name> block."""
@@ -249,6 +278,9 @@ def main() -> None:
     ap.add_argument("--reuse-stale", action="store_true",
                     help="reuse finished runs even when their pipeline hash differs (an older harden or YAML); such "
                          "rows are marked † in the table")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of the existing results/<name>.json for the models and pipelines this call "
+                         "does not run (marked † unless made with today's pipeline hash)")
     args = ap.parse_args()
     if not args.models.is_dir():
         sys.exit(f"benchmark: no model folder at {args.models}; pass --models DIR or set HARDEN_ZOO")
@@ -263,6 +295,9 @@ def main() -> None:
         floors = trigger_floors(model_folders(args.models), test.path if test else None)
     except HardenError as exc:
         sys.exit(f"benchmark: {exc}")
+    if args.merge and (RESULTS / f"{args.name}.json").is_file():
+        previous = json.loads((RESULTS / f"{args.name}.json").read_text())["rows"]
+        rows = merge(previous, rows, current_digest(args.pipelines, args.models, args.overrides))
     meta = {"models": str(args.models), "pipelines": [str(p) for p in args.pipelines], "overrides": args.overrides,
             "wall_seconds": round(time.time() - t0), "machine": f"{os.cpu_count()} CPU cores"}
     publish(args.name, {"meta": meta, "floors": floors, "rows": rows}, markdown(rows, floors), args.readme)

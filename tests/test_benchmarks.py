@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.run import der, markdown, splice_readme
+from benchmarks.run import configure, current_digest, der, markdown, merge, splice_readme
 
 
 def test_der_is_backdoorbench_formula_on_means():
@@ -43,3 +43,25 @@ def test_splice_replaces_only_the_named_block(tmp_path):
     assert splice_readme(readme, "zoo", "| new |\n")
     assert readme.read_text() == "a\n<!-- bench:zoo -->\n| new |\n<!-- /bench:zoo -->\nb\n"
     assert not splice_readme(readme, "other", "x")
+
+
+def test_merge_keeps_rows_not_rerun_and_marks_old_hashes_stale():
+    old = [{**_row("anp", "bad", 0.8, 0.7, 0.9, 0.8), "pipeline_sha256": "aaa"},
+           {**_row("anp", "blend", 0.8, 0.8, 1.0, 1.0), "pipeline_sha256": "bbb"},
+           _row("anp", "sig", 0.8, 0.8, 0.9, 0.9)]  # an older results file: no hash recorded
+    new = [{**_row("anp", "sig", 0.8, 0.79, 0.9, 0.1), "pipeline_sha256": "ccc"}]
+    rows = merge(old, new, lambda r: r.get("pipeline_sha256") == "aaa")
+    assert [(r["model"], r.get("stale", False)) for r in rows] == [("bad", False), ("blend", True), ("sig", False)]
+    assert rows[2]["asr_after"] == 0.1  # the fresh row replaces the old one for the same pipeline and model
+    assert "| anp † | blend |" in markdown(rows) and "| anp | bad |" in markdown(rows)
+
+
+def test_a_kept_row_is_current_only_with_todays_pipeline_hash(tiny_workspace):
+    pipe = tiny_workspace / "pipeline.yaml"
+    today = configure(pipe, tiny_workspace / "model", [])[0].digest()
+    check = current_digest([pipe], tiny_workspace, [])
+    assert check({"pipeline": "pipeline", "model": "model", "pipeline_sha256": today})
+    assert not check({"pipeline": "pipeline (onnx)", "model": "model", "pipeline_sha256": today})  # no model.onnx
+    assert not check({"pipeline": "pipeline", "model": "model", "pipeline_sha256": "0" * 64})
+    assert not check({"pipeline": "pipeline", "model": "model"})  # hash not recorded
+    assert not check({"pipeline": "other", "model": "model", "pipeline_sha256": today})
