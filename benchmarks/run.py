@@ -53,10 +53,15 @@ def configure(pipeline: Path, folder: Path, overrides: list[str], source: str = 
     return cfg.model_copy(update={"stages": stages, "tracking": tracking}), attack
 
 
+def row_label(pipeline: Path, source: str) -> str:
+    """The table's pipeline column: the YAML's stem, with the source when the model came from its model.onnx."""
+    return pipeline.stem if source == "folder" else f"{pipeline.stem} ({source})"
+
+
 def run_one(pipeline: Path, folder: Path, runs: Path, overrides: list[str], reuse_stale: bool = False,
             source: str = "folder") -> dict[str, Any]:
     cfg, attack = configure(pipeline, folder, overrides, source)
-    label = pipeline.stem if source == "folder" else f"{pipeline.stem} ({source})"
+    label = row_label(pipeline, source)
     out = runs / label.replace(" (", "@").rstrip(")") / folder.name
     report_path = out / "report.json"
     if report_path.is_file():
@@ -227,8 +232,8 @@ RESULTS = REPO / "benchmarks" / "results"
 def merge(previous: list[dict[str, Any]], rows: list[dict[str, Any]], current: Callable[[dict[str, Any]], bool]
           ) -> list[dict[str, Any]]:
     """This run's rows plus the previous results' rows for the (pipeline, model) pairs it did not run. A kept row is
-    marked stale unless ``current(row)`` says its pipeline hash is today's: a slow pipeline (ANP: 40 min a model
-    here) can then fill its table one model at a time without passing off an old configuration's row as current."""
+    marked stale unless ``current(row)`` says its pipeline hash is today's: a slow pipeline (ANP: 13-40 min a
+    model here) can then fill its table one model at a time without passing off an old configuration's row as current."""
     done = {(r["pipeline"], r["model"]) for r in rows}
     kept = [{**r, "stale": bool(r.get("stale")) or not current(r)} for r in previous
             if (r["pipeline"], r["model"]) not in done]
@@ -241,8 +246,7 @@ def current_digest(pipelines: list[Path], models: Path, overrides: list[str]) ->
         folder = models / r["model"]
         for p in pipelines:
             for source in ("folder", "onnx"):
-                label = p.stem if source == "folder" else f"{p.stem} ({source})"
-                if label == r["pipeline"] and folder.is_dir() and r.get("pipeline_sha256"):
+                if row_label(p, source) == r["pipeline"] and folder.is_dir() and r.get("pipeline_sha256"):
                     try:
                         return configure(p, folder, overrides, source)[0].digest() == r["pipeline_sha256"]
                     except HardenError:  # the model or a data file it names is gone: the row cannot be re-checked
