@@ -47,3 +47,20 @@ def test_parity_failure_fails_the_run_and_names_the_file(tmp_path, tiny_cnn, mon
     with pytest.raises(ExportParityError) as err:
         export.run(ExportStage(parity_images=40), _art(tiny_cnn), _held(), tmp_path, {})
     assert "model.onnx" in str(err.value) and "atol" in str(err.value)
+
+
+def test_export_graph_does_not_depend_on_the_example_memory_layout(tmp_path, tiny_cnn):
+    """The stage traces with held-out images (an NHWC-backed view); the source's reference is traced with a dense
+    tensor. Same model, so the same ops: else the hardened file carries an extra gather and latency ratios compare
+    different graphs."""
+    from collections import Counter
+
+    import onnx
+
+    res = export.run(ExportStage(exporter="dynamo", parity_images=40), _art(tiny_cnn), _held(), tmp_path, {})
+    ref = export.write_reference(tiny_cnn, C.input_size, tmp_path / "reference.onnx", exporter="dynamo")
+
+    def op_types(path):
+        return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+    assert op_types(res.path) == op_types(ref)

@@ -45,6 +45,9 @@ def _export_legacy(model: torch.nn.Module, x: torch.Tensor) -> bytes:
 def to_onnx(model: torch.nn.Module, example: torch.Tensor, exporter: str) -> tuple[bytes, str]:
     """Serialized ONNX with a dynamic batch axis, input 'input', output 'logits'; returns (bytes, exporter used)."""
     model = copy.deepcopy(model).cpu().eval()
+    # The tracer specialises the graph to the example's memory layout: an NHWC-backed batch (ImageSet.batch01 is a
+    # permuted view) adds an as_strided gather (Range, Gather, ...) before the classifier. ONNX inputs are dense NCHW.
+    example = example.contiguous()
     errors = []
     for name, fn in (("dynamo", _export_dynamo), ("legacy", _export_legacy)):
         if exporter not in ("auto", name):
