@@ -4,7 +4,8 @@ exported by harden's own exporter and onnxslim, so both sides went through the s
     python benchmarks/latency.py runs/bench-scan/recommended --name zoo-latency [--readme]
 
 Run it on a quiet machine: the pipelines time latency while other jobs may share the CPU. Writes
-benchmarks/results/<name>.json and .md (batch 1 and 64, fastest and median run of each side, and their ratio).
+benchmarks/results/<name>.json and .md (batch 1 and 64, fastest and median run of each side, and their ratio), with
+the source measured against itself the same way as the control: how far apart two identical files come out.
 """
 
 from __future__ import annotations
@@ -46,15 +47,19 @@ def main() -> None:
         report = json.loads((out / "report.json").read_text())
         source = source_onnx(Path(report["source"]["path"]).parent if "source" in report else out, out)
         lat = compare(source, out / "model.onnx", (1, 64), rounds=args.rounds)
+        # The control: the source against itself, measured the same way, is how far apart two identical files come out.
+        same = compare(source, source, (1, 64), rounds=args.rounds)
         rows.append({"run": str(out), "model": out.name, "params_ratio": report["params"]["after"] / report["params"]["before"],
-                     "latency": lat})
-        print(out.name, {k: round(v["ratio"], 3) for k, v in lat.items()}, flush=True)
+                     "latency": lat, "source_vs_itself": same})
+        print(out.name, {k: round(v["ratio"], 3) for k, v in lat.items()},
+              "control", {k: round(v["ratio"], 3) for k, v in same.items()}, flush=True)
     lines = ["| model | params after / before | batch 1: ms source → hardened (ratio) | batch 64: ms source → hardened "
-             "(ratio) |", "|---|---|---|---|"]
+             "(ratio) | control: source / itself (batch 1, 64) |", "|---|---|---|---|---|"]
     for r in rows:
-        cells = [f"{v['reference_ms']:.2f} → {v['candidate_ms']:.2f} ({v['ratio']:.2f})"
+        cells = [f"{v['reference_ms']:.2f} → {v['candidate_ms']:.2f} ({v['ratio']:.3f})"
                  for v in (r["latency"]["batch_1"], r["latency"]["batch_64"])]
-        lines.append(f"| {r['model']} | {r['params_ratio']:.2f} | " + " | ".join(cells) + " |")
+        control = ", ".join(f"{r['source_vs_itself'][b]['ratio']:.3f}" for b in ("batch_1", "batch_64"))
+        lines.append(f"| {r['model']} | {r['params_ratio']:.2f} | " + " | ".join(cells) + f" | {control} |")
     meta = {"runs": str(args.runs), "machine": f"{os.cpu_count()} CPU cores", "threads": 1, "rounds": args.rounds,
             "load_average_at_end": os.getloadavg()}
     publish(args.name, {"meta": meta, "rows": rows}, "\n".join(lines) + "\n", args.readme)

@@ -68,8 +68,10 @@ def promote(model_uri: str, alias: str, tracking_uri: str | None = None) -> str:
     mv = resolve(client, model_uri)
     gate = mv.tags.get("gate")
     if gate != "passed":
+        todo = (f"the failing checks are in gate.json of run {mv.run_id}; fix the model or the pipeline and run it "
+                "again" if gate == "failed" else "rerun the pipeline with gate.enabled: true")
         raise HardenError(f"{model_uri} (version {mv.version}) cannot take alias {alias!r}: its gate "
                           f"{'failed' if gate == 'failed' else 'did not run'}. Only a version whose harden gate "
-                          "passed is promoted; rerun the pipeline with gate.enabled: true")
+                          f"passed is promoted; {todo}")
     client.set_registered_model_alias(mv.name, alias, mv.version)
     return str(mv.version)
