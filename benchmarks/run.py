@@ -103,6 +103,9 @@ def row(pipeline: str, folder: Path, attack: dict[str, Any], r: dict[str, Any], 
         res["int8"] = {"clean_acc": r["int8"]["clean_acc"], "asr": r["int8"]["asr"].get(name),
                        "top1_agreement": r["int8"].get("top1_agreement_vs_fp32"),
                        "latency_ratio_vs_fp32": {k: v["ratio"] for k, v in r["int8"]["latency_vs_fp32"].items()}}
+    if "gate" in r:
+        res["gate"] = {"passed": r["gate"]["passed"], "failed": [c["message"] for c in r["gate"]["checks"]
+                                                                 if not c["passed"]]}
     return res
 
 
@@ -167,6 +170,12 @@ def markdown(rows: list[dict[str, Any]], floors: dict[str, float] | None = None)
                              if k in q["latency_ratio_vs_fp32"]) or "—"
             lines.append(f"| {r['pipeline']} | {r['model']} | {pct(r['clean_acc_after'])} → {pct(q['clean_acc'])} | "
                          f"{pct(r['asr_after'])} → {pct(q['asr'])} | {pct(q.get('top1_agreement'))} | {lat} |")
+    gated = [r for r in rows if "gate" in r]
+    if gated:
+        lines += ["", "Gate (exit 0 and the production alias only on a pass):", "", "| pipeline | model | gate | failing "
+                  "checks |", "|---|---|---|---|"]
+        lines += [f"| {r['pipeline']} | {r['model']} | {'passed' if r['gate']['passed'] else 'failed'} | "
+                  f"{'; '.join(r['gate']['failed']) or '—'} |" for r in gated]
     if any(r.get("stale") for r in rows):
         lines += ["", "† reused from a run made with an earlier pipeline hash (older harden defaults or YAML), or kept "
                   "by --merge from a results file that did not record the hash; the report.json in the row's run "

@@ -51,7 +51,9 @@ def evaluate(cfg: GateConfig, report: dict[str, Any]) -> list[GateCheck]:
         if value is None:
             checks.append(GateCheck(name, None, limit, False, f"{what} was not measured"))
         else:
-            ok = value <= limit
+            # Measured rates are counts over N: 0.8329 - 0.8179 comes out as 0.015000000000000013, and a drop
+            # exactly at the limit must pass. 1e-9 is far below one image in any test set.
+            ok = value <= limit + 1e-9
             checks.append(GateCheck(name, value, limit, ok, f"{what} {value:.4g} {'<=' if ok else '>'} {limit:.4g}"))
 
     asr = report.get("asr", {})

@@ -37,6 +37,14 @@ def test_int8_rows_get_their_own_table():
     assert "| g | bad | 79.00 → 78.50 | 5.00 → 6.00 | 99.00 | 0.50 / 0.40 |" in md
 
 
+def test_gate_verdicts_get_their_own_table():
+    rows = [{**_row("g", "bad", 0.8, 0.79, 0.9, 0.05), "gate": {"passed": True, "failed": []}},
+            {**_row("g", "sig", 0.8, 0.8, 0.9, 0.7), "gate": {"passed": False, "failed": ["ASR 0.7 > 0.05"]}}]
+    md = markdown(rows)
+    assert "| g | bad | passed | — |" in md and "| g | sig | failed | ASR 0.7 > 0.05 |" in md
+    assert "Gate" not in markdown([_row("g", "bad", 0.8, 0.79, 0.9, 0.05)])
+
+
 def test_splice_replaces_only_the_named_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- bench:zoo -->\nold\n<!-- /bench:zoo -->\nb\n")

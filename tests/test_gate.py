@@ -25,6 +25,15 @@ def test_checks_per_trigger_override_and_missing_measurements():
     assert [c.passed for c in missing] == [False] and "not measured" in missing[0].message
 
 
+@pytest.mark.parametrize("after, passed", [(0.8179, True), (0.8178, False)])
+def test_a_drop_exactly_at_the_limit_passes(after, passed):
+    # 0.8329 - 0.8179 is 0.015000000000000013 in floating point: the zoo Blended model, 150 test images lost of
+    # 10,000, failed a 1.5-point limit by that rounding.
+    cfg = GateConfig(enabled=True, max_clean_acc_drop=0.015)
+    [check] = evaluate(cfg, {"clean_acc": {"before": 0.8329, "after": after}})
+    assert check.passed is passed
+
+
 def test_itasr_check_is_trigger_free_and_needs_a_scan():
     cfg = GateConfig(enabled=True, max_itasr=0.1)
     assert not evaluate(cfg, {})[0].passed
