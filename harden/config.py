@@ -151,6 +151,15 @@ class FinetuneStage(StrictModel):
                                   "and pruning miss, at some clean accuracy")
     unlearn_radius: float = Field(2.0, gt=0, description="L2 radius of that perturbation, raw pixels in [0, 1]")
     unlearn_steps: int = Field(5, ge=1, description="signed-ascent steps re-fitting it on each batch")
+    grating_unlearn_weight: float = Field(0.0, ge=0, description="weight of unlearning full-image gratings "
+                                          "(harden/unlearn.py GratingUnlearn; 0: off): the model's output on a "
+                                          "clean image plus the grating that pulls hardest towards one class is "
+                                          "distilled to the suspect's clean output; for periodic triggers (SIG) "
+                                          "that no scan flags, so it acts on every model")
+    grating_amplitude: float = Field(0.1, gt=0, le=1, description="largest peak amplitude of a grating, raw pixels")
+    grating_max_freq: float = Field(12.0, ge=1, le=64, description="highest grating frequency, cycles per image width")
+    grating_candidates: int = Field(16, ge=1, description="random gratings drawn per batch")
+    grating_keep: int = Field(4, ge=1, description="of those, how many of the strongest one-class pulls are unlearnt")
     trigger_unlearn_weight: float = Field(0.0, ge=0, description="weight of adversarial unlearning of the scan's "
                                           "inverted trigger (pattern inside its mask, or warp), re-fitted to the "
                                           "model on every batch (harden/unlearn.py; 0: off; acts only when the scan "

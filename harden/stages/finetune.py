@@ -6,7 +6,6 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..artifacts import FinetuneResult, InputContract, ModelArtifact
 from ..config import FinetuneStage
@@ -15,7 +14,7 @@ from ..evaluate import accuracy, torch_predictor
 from ..mcl import ContrastiveHook, kept_features
 from ..scan import ScanResult
 from ..train import TrainSettings, train
-from ..unlearn import UniversalUnlearn, trigger_unlearn
+from ..unlearn import GratingUnlearn, UniversalUnlearn, softened_kl, trigger_unlearn
 
 
 class Distill:
@@ -37,8 +36,8 @@ class Distill:
 
     def _kl(self, student_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            target = F.softmax(self.teacher(self.contract.normalize(x)) / self.t, dim=1)
-        return F.kl_div(F.log_softmax(student_logits / self.t, dim=1), target, reduction="batchmean")
+            teacher_logits = self.teacher(self.contract.normalize(x))
+        return softened_kl(student_logits, teacher_logits, self.t)
 
     def extra_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         self.teacher.to(x.device)
@@ -47,7 +46,7 @@ class Distill:
             lam = torch.rand(len(x), 1, 1, 1, generator=self.gen).to(x.device)
             xm = lam * x + (1 - lam) * x[torch.randperm(len(x), generator=self.gen).to(x.device)]
             kl = (kl + self._kl(model(self.contract.normalize(xm)), xm)) / 2
-        return self.weight * self.t * self.t * kl
+        return self.weight * kl
 
 
 def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageSet, heldout: ImageSet,
@@ -66,6 +65,9 @@ def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageS
     if cfg.unlearn_weight > 0:
         hooks = [*hooks, UniversalUnlearn(art.contract, cfg.unlearn_weight, cfg.unlearn_radius, cfg.unlearn_steps)]
 
+    if cfg.grating_unlearn_weight > 0:
+        hooks = [*hooks, GratingUnlearn(teacher, art.contract, cfg.grating_unlearn_weight, cfg.grating_amplitude,
+                                        cfg.grating_max_freq, cfg.grating_candidates, cfg.grating_keep, seed=seed)]
     if cfg.contrastive_weight > 0 and scan is not None and scan.target is not None:
         hooks = [*hooks, ContrastiveHook(teacher, art.classifier, scan.stamp, art.contract, cfg.contrastive_weight,
                                          cfg.contrastive_temperature,
