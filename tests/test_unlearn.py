@@ -130,11 +130,10 @@ def test_grating_unlearning_picks_the_planted_sinusoid_and_removes_it(tiny_cnn):
     hook = GratingUnlearn(backdoored, TINY_CONTRACT, weight=2.0, amplitude=0.1, max_freq=12, candidates=64, keep=2)
     x = clean.batch01(slice(0, 32))
     sine = build_trigger(trig)(torch.full((1, 3, 16, 16), 0.5))[0] - 0.5
-    bank = torch.stack([torch.zeros_like(sine), sine, sine.roll(4, dims=-2) * 0.5, -sine * 0.3])
+    bank = torch.stack([torch.zeros_like(sine), sine, sine * 0.5, -sine * 0.3])
     clean_prob = F.softmax(backdoored(TINY_CONTRACT.normalize(x)), dim=1)
     assert int(hook._pull(backdoored, x, clean_prob, bank).argmax()) == 1
     plain = _asr(_fit(backdoored, clean, epochs=40), heldout, trig)
     unlearnt = _asr(_fit(backdoored, clean, [hook], epochs=40), heldout, trig)
     assert all(p.grad is None for p in hook.teacher.parameters())
     assert plain > 0.5 and unlearnt < plain / 2, (plain, unlearnt)
-
