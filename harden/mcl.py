@@ -10,7 +10,6 @@ to the kept ones.
 
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from .artifacts import InputContract
 from .errors import StageError
+from .train import frozen_copy
 
 
 def _features(model: nn.Module, classifier: str, x: torch.Tensor) -> torch.Tensor:
@@ -54,9 +54,7 @@ class ContrastiveHook:
     def __init__(self, teacher: nn.Module, classifier: str, stamp: Callable[[torch.Tensor], torch.Tensor],
                  contract: InputContract, weight: float, temperature: float, kept: list[int] | None):
         """``stamp``: images in [0, 1] -> the same images with the inverted trigger (ScanResult.stamp)."""
-        self.teacher = copy.deepcopy(teacher).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teacher = frozen_copy(teacher)
         self.classifier, self.contract = classifier, contract
         self.stamp = stamp
         self.weight, self.tau = weight, temperature

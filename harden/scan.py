@@ -8,7 +8,6 @@ so one forward pass serves all classes. Each class keeps its own lambda schedule
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +22,7 @@ from .base import StrictModel
 from .data import ImageSet
 from .progress import track
 from .scorers.fusion import MAD_TO_SIGMA
+from .train import frozen_copy
 from .warpscan import WarpScanConfig, WarpScanResult, warp_images, warp_scan
 
 
@@ -117,9 +117,7 @@ def _squash(t: torch.Tensor) -> torch.Tensor:
 
 def scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanConfig,
          device: torch.device = torch.device("cpu")) -> ScanResult:
-    model = copy.deepcopy(model).to(device).eval()  # never touch the caller's model (its grads feed fine-tuning)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = frozen_copy(model).to(device)  # never touch the caller's model (its grads feed fine-tuning)
     k = contract.num_classes
     c, h, w = contract.input_size
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -68,6 +68,15 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.
     return out
 
 
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy whose parameters take no gradient: a teacher or a model under inspection that nothing trains
+    and whose use never writes into the caller's .grad."""
+    model = copy.deepcopy(model).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
     """Train mode, optionally keeping BatchNorm running statistics frozen.
 

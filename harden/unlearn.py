@@ -19,7 +19,6 @@ accuracy, SIG 89.8 -> 43.2 % for 2.0, the clean model loses 2.6. A scratch run a
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 from .artifacts import InputContract
 from .scan import ApplyTrigger, ScanResult
+from .train import frozen_copy
 
 
 class UniversalUnlearn:
@@ -139,9 +139,7 @@ class GratingUnlearn:
 
     def __init__(self, teacher: nn.Module, contract: InputContract, weight: float, amplitude: float, max_freq: float,
                  candidates: int, keep: int, temperature: float = 2.0, probe: int = 32, seed: int = 0):
-        self.teacher = copy.deepcopy(teacher).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teacher = frozen_copy(teacher)
         self.contract, self.weight, self.amplitude, self.max_freq = contract, weight, amplitude, max_freq
         self.candidates, self.keep, self.t, self.probe = candidates, min(keep, candidates), temperature, probe
         self.gen = torch.Generator().manual_seed(seed)

@@ -11,7 +11,6 @@ model's classes are all hard to reach with a sub-pixel warp (zoo, 0.5 px bound, 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +23,7 @@ from .artifacts import InputContract
 from .base import StrictModel
 from .data import ImageSet
 from .progress import track
+from .train import frozen_copy
 
 
 class WarpScanConfig(StrictModel):
@@ -58,9 +58,7 @@ def warp_images(x: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
 
 def warp_scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: WarpScanConfig,
               device: torch.device = torch.device("cpu")) -> WarpScanResult:
-    model = copy.deepcopy(model).to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = frozen_copy(model).to(device)
     k = contract.num_classes
     gen = torch.Generator().manual_seed(cfg.seed)
     raw = (0.1 * torch.randn(k, 2, cfg.grid, cfg.grid, generator=gen)).to(device).requires_grad_(True)

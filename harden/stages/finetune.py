@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn as nn
 
@@ -13,7 +11,7 @@ from ..data import ImageSet
 from ..evaluate import accuracy, torch_predictor
 from ..mcl import ContrastiveHook, kept_features
 from ..scan import ScanResult
-from ..train import TrainSettings, train
+from ..train import TrainSettings, frozen_copy, train
 from ..unlearn import GratingUnlearn, UniversalUnlearn, softened_kl, trigger_unlearn
 
 
@@ -28,9 +26,7 @@ class Distill:
 
     def __init__(self, teacher: nn.Module, contract: InputContract, weight: float, temperature: float,
                  mix: bool = False, seed: int = 0):
-        self.teacher = copy.deepcopy(teacher).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teacher = frozen_copy(teacher)
         self.contract, self.weight, self.t, self.mix = contract, weight, temperature, mix
         self.gen = torch.Generator().manual_seed(seed)
 
