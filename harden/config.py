@@ -155,7 +155,11 @@ class FinetuneStage(StrictModel):
                                           "(harden/unlearn.py GratingUnlearn; 0: off): the model's output on a "
                                           "clean image plus the grating that pulls hardest towards one class is "
                                           "distilled to the suspect's clean output; for periodic triggers (SIG) "
-                                          "that no scan flags, so it acts on every model")
+                                          "that patch and warp inversions miss")
+    grating_unlearn_on: Literal["always", "grating_verdict"] = Field(
+        "always", description="always: on every model (it costs clean models accuracy too); grating_verdict: only "
+        "when the scan's grating verdict stands (scan.grating), in place of MCL and trigger unlearning on its one "
+        "peak grating")
     grating_amplitude: float = Field(0.1, gt=0, le=1, description="largest peak amplitude of a grating, raw pixels")
     grating_max_freq: float = Field(12.0, ge=1, le=64, description="highest grating frequency, cycles per image width")
     grating_candidates: int = Field(16, ge=1, description="random gratings drawn per batch")

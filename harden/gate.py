@@ -79,10 +79,13 @@ def evaluate(cfg: GateConfig, report: dict[str, Any]) -> list[GateCheck]:
         else:
             flagged = bool(rescan["flagged"])
             verdict = f"still flags class {rescan['target']}" if flagged else "finds no backdoor"
-            warp = f", warp success {rescan['warp']['max_success']:.2f}" if "warp" in rescan else ""
+            detail = f", warp success {rescan['warp']['max_success']:.2f}" if "warp" in rescan else ""
+            if "grating" in rescan:
+                g = rescan["grating"]
+                detail += f", grating gap {max(a - b for a, b in zip(g['success'], g['far_success'])):.2f}"
             checks.append(GateCheck("rescan", float(flagged), 0, not flagged,
                                     f"fresh scan of the hardened model {verdict} (anomaly "
-                                    f"{rescan['max_anomaly']:.2f}, norm ratio {rescan['min_norm_ratio']:.2f}{warp})"))
+                                    f"{rescan['max_anomaly']:.2f}, norm ratio {rescan['min_norm_ratio']:.2f}{detail})"))
     int8 = report.get("int8")
     if int8 is not None:  # the INT8 file ships too: the same limits apply to it
         for trig in sorted(set(int8["asr"]) | set(cfg.max_asr_per_trigger)):

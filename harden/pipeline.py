@@ -214,9 +214,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
             if ft.diverged:
                 console.print("[yellow]fine-tuning diverged (held-out accuracy fell); kept the model from before it[/]")
             report["finetune"] = {"epochs_run": ft.epochs_run, "best_epoch": ft.best_epoch, "diverged": ft.diverged,
-                                  "contrastive": st.finetune.contrastive_weight > 0 and bool(found and found.flagged),
-                                  "trigger_unlearn": st.finetune.trigger_unlearn_weight > 0
-                                  and bool(found and found.flagged),
+                                  **finetune.active_repairs(st.finetune, found),
                                   "heldout_acc_start": ft.heldout_acc_before, "heldout_acc_best": ft.best_heldout_acc}
 
         _save_weights(out_dir / "hardened.safetensors", current.model)
@@ -265,6 +263,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
             t = found.target
             if found.kind == "warp" and found.warp is not None:
                 write_npz(out_dir / "itasr-trigger.npz", field=found.warp.fields[t])
+            elif found.kind == "grating":
+                write_npz(out_dir / "itasr-trigger.npz", grating=found.trigger()[0].numpy())
             else:
                 write_npz(out_dir / "itasr-trigger.npz", mask=found.masks[t], pattern=found.patterns[t])
             itasr = {k: inverted_asr(p, found, inp.heldout, src.contract.num_classes, label=f"ITASR ({k})")
@@ -331,7 +331,8 @@ def _finetune(cfg: PipelineConfig, current: ModelArtifact, src: ModelArtifact, i
     polarizer, whose inserted layer is not rebuilt before this point)."""
     st = cfg.stages
     key = StageCache.key(src.source_sha256, inp.tune.sha256, inp.heldout.sha256, cfg.seed,
-                         st.finetune.model_dump(mode="json"), pruned, None if found is None else found.target)
+                         st.finetune.model_dump(mode="json"), pruned,
+                         None if found is None else [found.kind, found.target])
     cached = None if st.polarize.enabled else cache.load_arrays("finetune", key)
     if cached is not None:  # prune has rebuilt the same architecture; only the weights are reused
         current = ModelArtifact(**{**current.__dict__, "model": copy.deepcopy(current.model)})

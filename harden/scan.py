@@ -1,6 +1,7 @@
 """Neural Cleanse scan (Wang et al., S&P 2019), algorithms.md §5: is there a class that a tiny patch reaches from
 everywhere? Trigger-free: it needs only clean data, never the attack's trigger or target. With `warp.enabled` the
-same question is also asked of smooth sub-pixel warps (warpscan.py), which a patch inversion cannot express.
+same question is also asked of smooth sub-pixel warps (warpscan.py), and with `grating.enabled` of faint full-image
+gratings (gratingscan.py): two trigger families a patch inversion cannot express.
 
 All K classes are inverted at once: every step stamps each class's candidate (mask, pattern) on the same clean batch,
 so one forward pass serves all classes. Each class keeps its own lambda schedule, best mask and early stop.
@@ -20,6 +21,7 @@ from pydantic import Field
 from .artifacts import InputContract
 from .base import StrictModel
 from .data import ImageSet
+from .gratingscan import GratingScanConfig, GratingScanResult, grating_scan
 from .progress import track
 from .scorers.fusion import MAD_TO_SIGMA
 from .train import frozen_copy
@@ -50,6 +52,7 @@ class ScanConfig(StrictModel):
                                        "widely (a Blended zoo model: index 1.55 at 0.07 of the median); 0: off")
     seed: int = 0
     warp: WarpScanConfig = Field(default_factory=WarpScanConfig)
+    grating: GratingScanConfig = Field(default_factory=GratingScanConfig)
     rescan: bool = Field(False, description="also scan the hardened model afresh (trigger-free verification; "
                          "costs a second scan); the report gets `rescan` and the gate can require it not to flag")
 
@@ -59,22 +62,28 @@ class ScanResult:
     norms: list[float]  # L1 norm of the best mask per class (inf where the class never reached `success`)
     anomaly: list[float]  # MAD anomaly index per class
     failed: list[int]  # classes whose inversion never reached `success`
-    flagged: bool  # by the patch inversion or, when it ran, the warp inversion
-    target: int | None  # the suspected target: the warp verdict's class, else the patch verdict's
+    flagged: bool  # by the patch inversion or, when they ran, the warp inversion or the grating scan
+    target: int | None  # the suspected target: the warp verdict's class, else the patch verdict's, else the grating's
     masks: np.ndarray  # (K, H, W) in [0, 1]
     patterns: np.ndarray  # (K, C, H, W) in [0, 1]
     warp: WarpScanResult | None = None
-    kind: str | None = None  # which inversion stands for the backdoor: "patch" (Neural Cleanse), "warp"; None: clean
-    patch_target: int | None = None  # Neural Cleanse's own verdict, also when the warp verdict stands
+    kind: str | None = None  # which verdict stands for the backdoor: "patch" (Neural Cleanse), "warp", "grating"
+    patch_target: int | None = None  # Neural Cleanse's own verdict, also when another verdict stands
+    grating: GratingScanResult | None = None
 
     def trigger(self) -> tuple[torch.Tensor, ApplyTrigger, tuple[float, float]]:
         """The suspected target's inverted trigger as (free parameters, apply(images in [0, 1], parameters), the
-        parameters' range): the pattern inside Neural Cleanse's mask, or the warp's control points."""
+        parameters' range): the pattern inside Neural Cleanse's mask, the warp's control points, or the grating
+        (added to the image; its range is the grating's amplitude)."""
         t = self.target
         if self.kind == "warp":
             assert self.warp is not None
             s = self.warp.max_shift
             return torch.from_numpy(self.warp.fields[t]), warp_images, (-s, s)
+        if self.kind == "grating":
+            assert self.grating is not None
+            a = self.grating.amplitude
+            return self.grating.pattern(t, self.masks.shape[-2:], self.patterns.shape[1]), _add, (-a, a)
         mask = torch.from_numpy(self.masks[t])[None, None]
 
         def patch(x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
@@ -97,6 +106,10 @@ class ScanResult:
         if self.warp is not None:
             out["warp"] = {"success": self.warp.success, "target": self.warp.target,
                            "max_success": max(self.warp.success)}
+        if self.grating is not None:
+            g = self.grating
+            out["grating"] = {"success": g.success, "far_success": g.far_success, "target": g.target,
+                              "peaks": {"direction_deg": g.peaks[:, 0].tolist(), "cycles": g.peaks[:, 1].tolist()}}
         return out
 
 
@@ -109,6 +122,10 @@ def anomaly_index(norms: np.ndarray) -> np.ndarray:
     mad = MAD_TO_SIGMA * np.median(np.abs(finite - med))
     out = np.abs(norms - med) / max(mad, 1e-12)
     return np.where(np.isfinite(norms), out, 0.0)
+
+
+def _add(x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    return (x + pattern[None]).clamp(0, 1)
 
 
 def _squash(t: torch.Tensor) -> torch.Tensor:
@@ -184,11 +201,15 @@ def scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanCon
     # The warp verdict stands when it flags: a sub-pixel warp that sends half of all images to one class has no benign
     # reading, while the patch verdict is borderline-prone on a warp-backdoored model (zoo WaNet: index 2.9 at 0.45 of
     # the median norm, on class 1; its target is 0).
-    kind = "warp" if warped is not None and warped.target is not None else "patch" if t_star is not None else None
+    # The grating verdict comes last: the patch and warp repairs are the cheaper ones where they apply.
+    grated = grating_scan(model, data, contract, cfg.grating, device) if cfg.grating.enabled else None
+    found = {"warp": warped.target if warped is not None else None, "patch": t_star,
+             "grating": grated.target if grated is not None else None}
+    kind = next((name for name, t in found.items() if t is not None), None)
     return ScanResult(
         norms=[float(v) for v in norms], anomaly=[float(v) for v in anomaly], failed=failed, flagged=kind is not None,
-        target=warped.target if kind == "warp" else t_star, masks=best_mask[:, 0].numpy(),
-        patterns=best_pat.numpy(), warp=warped, kind=kind, patch_target=t_star,
+        target=None if kind is None else found[kind], masks=best_mask[:, 0].numpy(),
+        patterns=best_pat.numpy(), warp=warped, kind=kind, patch_target=t_star, grating=grated,
     )
 
 
@@ -201,6 +222,11 @@ def scan_to_arrays(r: ScanResult) -> dict[str, np.ndarray]:
         out |= {"warp_success": np.array(r.warp.success), "warp_fields": r.warp.fields,
                 "warp_target": np.array(-1 if r.warp.target is None else r.warp.target),
                 "warp_max_shift": np.array(r.warp.max_shift)}
+    if r.grating is not None:
+        g = r.grating
+        out |= {"grating_success": np.array(g.success), "grating_far_success": np.array(g.far_success),
+                "grating_peaks": g.peaks, "grating_amplitude": np.array(g.amplitude),
+                "grating_target": np.array(-1 if g.target is None else g.target)}
     return out
 
 
@@ -211,11 +237,17 @@ def scan_from_arrays(a: dict[str, np.ndarray]) -> ScanResult:
         wt = int(a["warp_target"])
         warp = WarpScanResult(success=a["warp_success"].tolist(), fields=a["warp_fields"],
                               target=None if wt < 0 else wt, max_shift=float(a["warp_max_shift"]))
+    grating = None
+    if "grating_success" in a:
+        gt = int(a["grating_target"])
+        grating = GratingScanResult(success=a["grating_success"].tolist(),
+                                    far_success=a["grating_far_success"].tolist(), peaks=a["grating_peaks"],
+                                    amplitude=float(a["grating_amplitude"]), target=None if gt < 0 else gt)
     patch = int(a["patch_target"])
     return ScanResult(norms=a["norms"].tolist(), anomaly=a["anomaly"].tolist(), failed=a["failed"].tolist(),
                       flagged=bool(a["flagged"]), target=None if target < 0 else target, masks=a["masks"],
                       patterns=a["patterns"], warp=warp, kind=str(a["kind"]) or None,
-                      patch_target=None if patch < 0 else patch)
+                      patch_target=None if patch < 0 else patch, grating=grating)
 
 
 def verdict(norms: np.ndarray, anomaly: np.ndarray, cfg: ScanConfig) -> int | None:

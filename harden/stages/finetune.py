@@ -45,10 +45,22 @@ class Distill:
         return self.weight * kl
 
 
+def active_repairs(cfg: FinetuneStage, scan: ScanResult | None) -> dict[str, bool]:
+    """Which repair hooks act, given the scan's verdict (None or an unflagged scan: none of the trigger-based ones).
+    A grating verdict is repaired by grating unlearning when that is configured: the peak grating the scan found is
+    one member of the family the backdoor answers, and the hook searches that family again on every batch."""
+    verdict = scan.kind if scan is not None and scan.target is not None else None
+    grating = cfg.grating_unlearn_weight > 0 and (cfg.grating_unlearn_on == "always" or verdict == "grating")
+    fixed = verdict is not None and not (verdict == "grating" and grating)
+    return {"grating_unlearn": grating, "contrastive": cfg.contrastive_weight > 0 and fixed,
+            "trigger_unlearn": cfg.trigger_unlearn_weight > 0 and fixed}
+
+
 def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageSet, heldout: ImageSet,
         device: torch.device, seed: int, hooks: list[object], scan: ScanResult | None = None
         ) -> tuple[ModelArtifact, FinetuneResult]:
-    """``scan``: the Neural Cleanse result when it flagged the model (MCL needs its inverted trigger)."""
+    """``scan``: the scan's result (MCL and trigger unlearning need its inverted trigger when it flagged)."""
+    repairs = active_repairs(cfg, scan)
     settings = TrainSettings(
         epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
         patience=cfg.patience, augment=cfg.augment, max_steps=cfg.max_steps, seed=seed, freeze_bn=cfg.freeze_bn,
@@ -61,14 +73,14 @@ def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageS
     if cfg.unlearn_weight > 0:
         hooks = [*hooks, UniversalUnlearn(art.contract, cfg.unlearn_weight, cfg.unlearn_radius, cfg.unlearn_steps)]
 
-    if cfg.grating_unlearn_weight > 0:
+    if repairs["grating_unlearn"]:
         hooks = [*hooks, GratingUnlearn(teacher, art.contract, cfg.grating_unlearn_weight, cfg.grating_amplitude,
                                         cfg.grating_max_freq, cfg.grating_candidates, cfg.grating_keep, seed=seed)]
-    if cfg.contrastive_weight > 0 and scan is not None and scan.target is not None:
+    if repairs["contrastive"]:
         hooks = [*hooks, ContrastiveHook(teacher, art.classifier, scan.stamp, art.contract, cfg.contrastive_weight,
                                          cfg.contrastive_temperature,
                                          kept_features(art.model, teacher, art.classifier))]
-    if cfg.trigger_unlearn_weight > 0 and scan is not None and scan.target is not None:
+    if repairs["trigger_unlearn"]:
         hooks = [*hooks, trigger_unlearn(scan, art.contract, cfg.trigger_unlearn_weight, cfg.trigger_unlearn_steps,
                                          cfg.trigger_unlearn_step_size)]
 
