@@ -75,7 +75,7 @@ def test_pipeline_repairs_what_the_grating_scan_found(tiny_cnn, tiny_workspace):
     """Through `harden run`'s pipeline: a grating verdict turns grating unlearning on in place of MCL and trigger
     unlearning, and the peak grating's ASR on held-out images falls."""
     from harden.config import load_pipeline
-    from harden.pipeline import run_pipeline
+    from harden.pipeline import render_summary, run_pipeline
 
     from .conftest import write_model_folder
 
@@ -98,3 +98,4 @@ def test_pipeline_repairs_what_the_grating_scan_found(tiny_cnn, tiny_workspace):
     assert report["itasr"]["after"] < report["itasr"]["before"] / 2, report["itasr"]
     with np.load(tiny_workspace / "out" / "itasr-trigger.npz") as z:
         assert z["grating"].shape == (3, 16, 16)
+    assert "grating scan" in render_summary(report) and "target 0" in render_summary(report)
