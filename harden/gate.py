@@ -81,8 +81,7 @@ def evaluate(cfg: GateConfig, report: dict[str, Any]) -> list[GateCheck]:
             verdict = f"still flags class {rescan['target']}" if flagged else "finds no backdoor"
             detail = f", warp success {rescan['warp']['max_success']:.2f}" if "warp" in rescan else ""
             if "grating" in rescan:
-                g = rescan["grating"]
-                detail += f", grating gap {max(a - b for a, b in zip(g['success'], g['far_success'])):.2f}"
+                detail += f", grating gap {rescan['grating']['max_gap']:.2f}"
             checks.append(GateCheck("rescan", float(flagged), 0, not flagged,
                                     f"fresh scan of the hardened model {verdict} (anomaly "
                                     f"{rescan['max_anomaly']:.2f}, norm ratio {rescan['min_norm_ratio']:.2f}{detail})"))

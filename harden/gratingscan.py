@@ -64,14 +64,19 @@ class GratingScanResult:
                         self.amplitude)[0].expand(channels, -1, -1)
 
 
-def gratings(angle_deg: torch.Tensor, freq: torch.Tensor, phase: torch.Tensor, size: tuple[int, int],
-             amplitude: float) -> torch.Tensor:
-    """Grey gratings (N, 1, H, W): amplitude * sin(2 pi f (x cos a + y sin a) / W + phase)."""
+def sine_waves(theta: torch.Tensor, freq: torch.Tensor, phase: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Unit waves (N, H, W): sin(2 pi f (x cos theta + y sin theta) / W + phase), theta in radians, f in cycles per
+    image width. The one formula behind the scan's grid and GratingUnlearn's random draws."""
     h, w = size
-    theta = angle_deg * math.pi / 180
     rows, cols = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
     along = torch.cos(theta)[:, None, None] * cols + torch.sin(theta)[:, None, None] * rows
-    return amplitude * torch.sin(2 * math.pi * freq[:, None, None] * along / w + phase[:, None, None])[:, None]
+    return torch.sin(2 * math.pi * freq[:, None, None] * along / w + phase[:, None, None])
+
+
+def gratings(angle_deg: torch.Tensor, freq: torch.Tensor, phase: torch.Tensor, size: tuple[int, int],
+             amplitude: float) -> torch.Tensor:
+    """Grey gratings (N, 1, H, W) of peak ``amplitude``, direction in degrees."""
+    return amplitude * sine_waves(angle_deg * math.pi / 180, freq, phase, size)[:, None]
 
 
 def _grid(cfg: GratingScanConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

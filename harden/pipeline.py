@@ -404,8 +404,7 @@ def summary_table(report: dict[str, Any]):
                       f"target {s['warp']['target']}" if s["warp"]["target"] is not None else "not flagged")
         if "grating" in s:
             g = s["grating"]
-            gap = max(a - b for a, b in zip(g["success"], g["far_success"]))
-            t.add_row("grating scan", f"max gap {gap:.2f}",
+            t.add_row("grating scan", f"max gap {g['max_gap']:.2f}",
                       f"target {g['target']}" if g["target"] is not None else "not flagged")
     if "itasr" in report:
         t.add_row(f"inverted-trigger ASR (class {report['itasr']['target']})", pct(report["itasr"]["before"]),

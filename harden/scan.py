@@ -109,6 +109,7 @@ class ScanResult:
         if self.grating is not None:
             g = self.grating
             out["grating"] = {"success": g.success, "far_success": g.far_success, "target": g.target,
+                              "max_gap": max(a - b for a, b in zip(g.success, g.far_success)),
                               "peaks": {"direction_deg": g.peaks[:, 0].tolist(), "cycles": g.peaks[:, 1].tolist()}}
         return out
 

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .artifacts import InputContract
+from .gratingscan import sine_waves
 from .scan import ApplyTrigger, ScanResult
 from .train import frozen_copy
 
@@ -106,7 +107,6 @@ def random_gratings(n: int, size: tuple[int, int], amplitude: float, max_freq: f
     """``n`` additive gratings (n, 3, h, w) in raw pixels: a sine of uniform direction, frequency 1..max_freq cycles
     per image width, phase and colour (half of them grey), peak amplitude drawn in [0, amplitude] (sqrt-uniform,
     so strong ones dominate)."""
-    h, w = size
     theta = torch.rand(n, generator=gen) * math.pi
     freq = 1 + torch.rand(n, generator=gen) * (max_freq - 1)
     phase = torch.rand(n, generator=gen) * 2 * math.pi
@@ -114,10 +114,7 @@ def random_gratings(n: int, size: tuple[int, int], amplitude: float, max_freq: f
     colour = torch.where(torch.rand(n, 1, generator=gen) < 0.5, torch.ones_like(colour), colour)
     colour = colour / colour.abs().amax(1, keepdim=True).clamp_min(1e-6)
     peak = amplitude * torch.rand(n, generator=gen).sqrt()
-    rows, cols = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
-    along = torch.cos(theta)[:, None, None] * cols + torch.sin(theta)[:, None, None] * rows
-    wave = torch.sin(2 * math.pi * freq[:, None, None] * along / w + phase[:, None, None])
-    return (peak[:, None] * colour)[:, :, None, None] * wave[:, None]
+    return (peak[:, None] * colour)[:, :, None, None] * sine_waves(theta, freq, phase, size)[:, None]
 
 
 class GratingUnlearn:

@@ -109,6 +109,7 @@ def test_rescan_check_fails_while_a_fresh_scan_still_flags():
 def test_rescan_message_names_the_grating_gap_when_the_grating_scan_ran():
     cfg = GateConfig(enabled=True, rescan_clean=True)
     still = {"rescan": {"flagged": True, "target": 0, "max_anomaly": 1.2, "min_norm_ratio": 0.7,
-                        "grating": {"success": [0.9, 0.3], "far_success": [0.2, 0.25], "target": 0}}}
+                        "grating": {"success": [0.9, 0.3], "far_success": [0.2, 0.25], "target": 0,
+                                    "max_gap": 0.70}}}
     check = evaluate(cfg, still)[0]
     assert not check.passed and "grating gap 0.70" in check.message

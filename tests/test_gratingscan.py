@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from harden.attacks.triggers import SineTrigger
@@ -52,6 +53,7 @@ def test_a_grating_verdict_round_trips_stamps_its_peak_grating_and_is_drawn(tmp_
     assert 0.08 < float(added.abs().max()) <= 0.1 + 1e-6
     assert torch.allclose(added[:, 0], added[:, 1]) and torch.allclose(added[:, :, 0], added[:, :, 5])  # grey, 0 deg
     assert found.summary()["grating"]["target"] == 0
+    assert found.summary()["grating"]["max_gap"] == pytest.approx(0.7)  # class 0: 0.9 peak, 0.2 far
     inverted_triggers(found, TINY_CONTRACT.labels, tmp_path / "scan-triggers.png")
     assert (tmp_path / "scan-triggers.png").stat().st_size > 1000
 
