@@ -100,6 +100,7 @@ class PruneResult:
     max_abs_diff_vs_masked: float
     folded: dict[str, list[int]] = field(default_factory=dict)  # BN -> channels whose constant went into consumers
     fold_max_abs_diff: float | None = None  # folded model vs the gamma-only (ANP-style) model: border effects
+    gamma_zeroed: dict[str, list[int]] = field(default_factory=dict)  # BN -> channels with gamma 0, beta kept in place
 
 
 @dataclass(frozen=True)

@@ -110,8 +110,11 @@ class SelectPolicy(StrictModel):
 class PruneStage(StrictModel):
     enabled: bool = True
     select: SelectPolicy = Field(default_factory=SelectPolicy)
-    coupled: Literal["branch_zero", "remove"] = Field(
-        "branch_zero", description="flagged channels in a residual group: zero that branch, or remove stream-wide"
+    coupled: Literal["branch_zero", "remove", "gamma"] = Field(
+        "branch_zero", description="flagged channels in a residual group: zero that branch (quorum: remove "
+        "stream-wide), always remove stream-wide, or set gamma to 0 and keep beta at the BN each member's score "
+        "was measured at (ANP's own operation; in place, since that BN's channel belongs to the stream; in "
+        "pre-activation ResNets it is the post-add BN reading the stream)"
     )
     quorum: float = Field(0.5, gt=0, le=1, description="share of a group's producers flagged to remove the index")
     round_to: int = Field(8, ge=1, description="keep remaining widths a multiple of this (ORT's NCHWc block)")

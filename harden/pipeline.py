@@ -173,9 +173,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                     ctx.tracker.log_metrics({"select_tune_acc": row["tune_acc"], "select_flagged": row["flagged"]},
                                             step=i)
                 current, pr = prune.run(st.prune, current, scores, ctx.device, prep)
-                hooks.append(prune.ZeroMask(pr.zeroed))
+                hooks.append(prune.ZeroMask(pr.zeroed, pr.gamma_zeroed))
                 _write_json(out_dir / "pruning.json", {"threshold": chosen.threshold, "selection": chosen.trace,
                                                        "removed": pr.removed, "zeroed": pr.zeroed,
+                                                       "gamma_zeroed": pr.gamma_zeroed,
                                                        "folded": pr.folded, "history": pr.history})
                 ctx.tracker.log_file(out_dir / "pruning.json", "prune")
                 ctx.tracker.log_metrics({"params_before": pr.params_before, "params_after": pr.params_after,
@@ -184,6 +185,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
             report["prune"] = {"threshold": chosen.threshold, "flagged": scores.num_flagged(),
                                "selection": chosen.trace, "removed": sum(map(len, pr.removed.values())),
                                "zeroed": sum(map(len, pr.zeroed.values())),
+                               "gamma_zeroed": sum(map(len, pr.gamma_zeroed.values())),
                                "max_abs_diff_vs_masked": pr.max_abs_diff_vs_masked,
                                "folded": sum(map(len, pr.folded.values())), "fold_max_abs_diff": pr.fold_max_abs_diff}
             report["params"] = {"before": pr.params_before, "after": pr.params_after}

@@ -48,7 +48,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("arch,flagged", CASES, ids=[c[0] for c in CASES])
-@pytest.mark.parametrize("coupled", ["branch_zero", "remove"])
+@pytest.mark.parametrize("coupled", ["branch_zero", "remove", "gamma"])
 def test_pruning_equals_group_masking(arch, flagged, coupled):
     model = _randomize_bn(create_model(arch, 10, {"width": 16}))
     art = _artifact(model)
@@ -79,6 +79,61 @@ def test_physical_removal_matches_manual_group_mask_on_preact():
         assert torch.allclose(manual(x), out.model(x), atol=1e-4)
     assert out.model.layer2[0].conv2.out_channels == 31
     assert res.removed == {"layer2.1.conv2": [3]} or list(res.removed.values()) == [[3]]
+
+
+@pytest.mark.parametrize("arch,flagged,expected", [
+    ("preact_resnet18", {"conv1": [3], "layer3.0.conv2": [2], "layer3.0.shortcut.0": [2], "layer3.1.conv2": [6]},
+     {"layer1.0.bn1": [3], "layer3.1.bn1": [2], "layer4.0.bn1": [6]}),  # post-add BNs, one shared by two producers
+    ("cifar_resnet18", {"layer2.0.conv2": [9]}, {"layer2.0.bn2": [9]}),  # post-activation: the branch's own BN
+], ids=["preact", "resnet"])
+def test_coupled_gamma_is_anps_operation_at_the_paired_bn(arch, flagged, expected):
+    """coupled: gamma sets gamma = 0 and keeps beta at the BN each flagged member is paired with, in place."""
+    model = _randomize_bn(create_model(arch, 10, {"width": 16}))
+    out, res = prune.run(PruneStage(coupled="gamma", round_to=1), _artifact(model), _scores(model, flagged),
+                         torch.device("cpu"))
+    assert res.gamma_zeroed == expected and res.removed == {} and res.params_after == res.params_before
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for bn, idxs in expected.items():
+            reference.get_submodule(bn).weight[idxs] = 0
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert (out.model(x) - reference(x)).abs().max().item() < 1e-5
+    hook = prune.ZeroMask(res.zeroed, res.gamma_zeroed)
+    with torch.no_grad():
+        for p in out.model.parameters():
+            p.add_(1.0)
+    hook.after_step(out.model)
+    bn, idxs = next(iter(expected.items()))
+    assert float(out.model.get_submodule(bn).weight.detach()[idxs].abs().sum()) == 0.0
+    assert float(out.model.get_submodule(bn).bias.detach()[idxs].abs().sum()) > 0.0  # beta trains on
+
+
+class _ResidualNoBN(torch.nn.Module):
+    """A residual pair whose second producer has no BN after it (the add feeds the head directly)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0, self.bn0 = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8)
+        self.conv1 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.pool, self.linear = torch.nn.AdaptiveAvgPool2d(1), torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = self.conv0(x)
+        return self.linear(self.pool(h + self.conv1(torch.relu(self.bn0(h)))).flatten(1))
+
+
+def test_coupled_gamma_zeroes_the_branch_of_a_member_without_bn():
+    model = _randomize_bn(_ResidualNoBN())
+    out, res = prune.run(PruneStage(coupled="gamma", round_to=1), _artifact(model),
+                         _scores(model, {"conv0": [1], "conv1": [2]}), torch.device("cpu"))
+    assert res.gamma_zeroed == {"bn0": [1]} and res.zeroed == {"conv1": [2]}
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference.bn0.weight[1] = 0
+        reference.conv1.weight[2], reference.conv1.bias[2] = 0, 0
+        x = torch.randn(4, 3, 32, 32)
+        assert (out.model(x) - reference(x)).abs().max().item() < 1e-5
 
 
 def test_widths_rounded_to_multiples_of_8_with_next_most_suspect():

@@ -4,6 +4,9 @@ Plan, in original channel indices, per coupled group (torch-pruning's unit of re
 - free group (one producing conv): a flagged channel is removed physically;
 - coupled group (a residual stream): removed stream-wide when at least ``quorum`` of its producers are flagged at
   that index (or always, with ``coupled: remove``); otherwise each flagged producer's branch is zeroed in place;
+  with ``coupled: gamma`` a flagged member's channel instead gets gamma = 0 (beta kept) at the BN it is paired with,
+  ANP's reference operation: in a pre-activation ResNet that BN reads the stream after the add, so zeroing the
+  producing conv's branch, let alone the stream, is a different and much larger cut;
 - removal sets are rounded so each remaining width is a multiple of ``round_to``, by adding the next most suspect
   channels, or, where that would cost more than ``max_round_extra`` of the width, by removing fewer and silencing
   the remainder in place (a silenced channel outputs exactly 0, the same as the reference methods).
@@ -40,6 +43,7 @@ class _Plan:
     remove: dict[str, list[int]] = field(default_factory=dict)  # root -> root idxs removed physically
     silence: dict[str, list[int]] = field(default_factory=dict)  # root -> root idxs zeroed stream-wide
     branch: dict[str, list[int]] = field(default_factory=dict)  # conv -> idxs zeroed in that branch only
+    gamma: dict[str, list[int]] = field(default_factory=dict)  # BN -> idxs with gamma 0, beta kept (coupled: gamma)
 
 
 def _graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
@@ -67,17 +71,28 @@ def _groups(model: nn.Module, dg: tp.DependencyGraph, classifier: str) -> list[_
     return out
 
 
-def plan_removal(groups: list[_Group], scores: ChannelScores, cfg: PruneStage) -> _Plan:
+def plan_removal(groups: list[_Group], scores: ChannelScores, cfg: PruneStage, pairs: dict) -> _Plan:
     plan = _Plan()
+    if cfg.coupled == "gamma":
+        for bn, (flag, score) in _coupled_bns(groups, scores, pairs).items():
+            idx = _top(flag, score, int(math.floor(cfg.max_layer_fraction * flag.numel())))
+            if idx:
+                plan.gamma[bn] = idx
     for grp in groups:
         scored = [m for m in grp.members if m in scores.layers]
         if not scored:
+            continue
+        cap = int(math.floor(cfg.max_layer_fraction * grp.width))
+        if cfg.coupled == "gamma" and len(grp.members) > 1:
+            for member in (m for m in scored if pairs[m].bn is None):  # no BN to carry gamma = 0: zero the branch
+                idx = _top(scores.layers[member].flag.bool(), scores.layers[member].score, cap)
+                if idx:
+                    plan.branch[member] = idx
             continue
         flags = torch.stack([scores.layers[m].flag for m in scored]).bool()  # members x C
         group_score = torch.stack([scores.layers[m].score for m in scored]).max(0).values
         whole = len(grp.members) == 1 or cfg.coupled == "remove"  # every flag removes the channel group-wide
         remove = flags.any(0) if whole else flags.float().mean(0) >= cfg.quorum
-        cap = int(math.floor(cfg.max_layer_fraction * grp.width))
         removal, silenced = _round(_top(remove, group_score, cap), group_score, grp.width, cfg)
         if removal:
             plan.remove[grp.root] = removal
@@ -92,6 +107,22 @@ def plan_removal(groups: list[_Group], scores: ChannelScores, cfg: PruneStage) -
             if idx:
                 plan.branch[member] = idx
     return plan
+
+
+def _coupled_bns(groups: list[_Group], scores: ChannelScores, pairs: dict
+                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """BN -> (flag, score) for the BNs that coupled-group members are paired with (several may share one)."""
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for grp in groups:
+        if len(grp.members) < 2:
+            continue
+        for conv in grp.members:
+            layer, pair = scores.layers.get(conv), pairs.get(conv)
+            if layer is None or pair is None or pair.bn is None:
+                continue
+            flag, score = out.get(pair.bn, (torch.zeros_like(layer.flag, dtype=torch.bool), layer.score))
+            out[pair.bn] = (flag | layer.flag.bool(), torch.maximum(score, layer.score))
+    return out
 
 
 def _top(mask: torch.Tensor, score: torch.Tensor, cap: int) -> list[int]:
@@ -165,9 +196,11 @@ def fold_constants(model: nn.Module, targets: dict[str, set[int]], routes: dict[
     return folded
 
 
-def gamma_only(prep: "Prepared", targets: dict[str, set[int]], folded: dict[str, list[int]]) -> nn.Module:
+def gamma_only(prep: "Prepared", targets: dict[str, set[int]], folded: dict[str, list[int]],
+               gamma: dict[str, list[int]]) -> nn.Module:
     """The reference operation the fold approximates: folded BN channels keep beta (gamma = 0), the rest zeroed."""
     model = copy.deepcopy(prep.original)
+    _zero_gamma(model, gamma)
     with torch.no_grad():
         for name, idxs in targets.items():
             if name in folded:
@@ -177,15 +210,35 @@ def gamma_only(prep: "Prepared", targets: dict[str, set[int]], folded: dict[str,
     return model
 
 
-class ZeroMask:
-    """Training hook: keeps silenced channels at exactly 0 through fine-tuning (they must stay gone)."""
+def _zero_gamma(model: nn.Module, gamma: dict[str, list[int]]) -> None:
+    with torch.no_grad():
+        for name, idxs in gamma.items():
+            model.get_submodule(name).weight[idxs] = 0
 
-    def __init__(self, zeroed: dict[str, list[int]]):
+
+class ZeroMask:
+    """Training hook: keeps silenced channels at exactly 0 through fine-tuning (they must stay gone), and the
+    channels given gamma 0 by coupled: gamma at gamma 0 (their beta trains on)."""
+
+    def __init__(self, zeroed: dict[str, list[int]], gamma: dict[str, list[int]] | None = None):
         self.zeroed = zeroed
+        self.gamma = gamma or {}
 
     def after_step(self, model: nn.Module) -> None:
         for name, idxs in self.zeroed.items():
             _zero(model, name, idxs)
+        _zero_gamma(model, self.gamma)
+
+
+def _shifted(idxs_by_module: dict, removed_by_module: dict[str, set[int]]) -> dict[str, list[int]]:
+    """In-place indices, shifted past the channels of the same module that were removed physically."""
+    out = {}
+    for name, idxs in idxs_by_module.items():
+        gone = sorted(removed_by_module.get(name, ()))
+        kept = [i - sum(1 for r in gone if r < i) for i in sorted(idxs) if i not in set(gone)]
+        if kept:
+            out[name] = kept
+    return out
 
 
 def count(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -215,12 +268,13 @@ def masked_model(prep: Prepared, scores: ChannelScores, cfg: PruneStage
                  ) -> tuple[nn.Module, _Plan, dict, dict[str, list[int]]]:
     """A copy of the source with every planned channel silenced in place (constants folded first when asked): what
     pruning must equal. Returns (model, plan, zero targets, folded BN channels)."""
-    plan = plan_removal(prep.groups, scores, cfg)
+    plan = plan_removal(prep.groups, scores, cfg, prep.pairs)
     targets = _zero_targets(prep.groups, plan, prep.pairs)
     masked = copy.deepcopy(prep.original)
     folded = fold_constants(masked, targets, prep.routes) if cfg.silence == "fold" else {}
     for name, idxs in targets.items():
         _zero(masked, name, sorted(idxs))
+    _zero_gamma(masked, plan.gamma)
     return masked, plan, targets, folded
 
 
@@ -243,13 +297,7 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torc
         group.prune()
         for name, _ in by_root[root].items:
             removed_by_module[name].update(idxs)
-    # Indices of in-place zeros, shifted past the removed channels of the same module.
-    zeroed = {}
-    for name, idxs in targets.items():
-        gone = sorted(removed_by_module.get(name, ()))
-        kept = [i - sum(1 for r in gone if r < i) for i in sorted(idxs) if i not in set(gone)]
-        if kept:
-            zeroed[name] = kept
+    zeroed, gamma = _shifted(targets, removed_by_module), _shifted(plan.gamma, removed_by_module)
 
     with torch.inference_mode():
         diff = float((masked(example) - pruned(example)).abs().max())
@@ -259,7 +307,7 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torc
     fold_diff = None
     if folded:
         with torch.inference_mode():
-            fold_diff = float((gamma_only(prep, targets, folded)(example) - masked(example)).abs().max())
+            fold_diff = float((gamma_only(prep, targets, folded, plan.gamma)(example) - masked(example)).abs().max())
     macs_after, params_after = count(pruned, example[:1])
     result = PruneResult(
         removed=plan.remove,
@@ -272,6 +320,7 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torc
         max_abs_diff_vs_masked=diff,
         folded=folded,
         fold_max_abs_diff=fold_diff,
+        gamma_zeroed=gamma,
     )
     out = copy.copy(art)
     out.model = pruned.to(device).eval()
