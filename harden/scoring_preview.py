@@ -45,7 +45,7 @@ def preview(cfg: PipelineConfig, out_dir: Path) -> str:
     lines.append(f"pruning would remove {sum(map(len, plan.remove.values()))} channels physically, silence "
                  f"{sum(map(len, plan.silence.values()))} stream-wide and zero {sum(map(len, plan.branch.values()))} "
                  "in single branches"
-                 + (f", and set gamma 0 on {sum(map(len, plan.gamma.values()))} post-add BN channels" if plan.gamma
+                 + (f", and set gamma 0 (beta kept) on {sum(map(len, plan.gamma.values()))} BN channels in place" if plan.gamma
                     else ""))
     lines += [f"wrote {out_dir / 'scores.json'}"] + [f"wrote {f}" for f in files]
     return "\n".join(lines)

@@ -73,21 +73,22 @@ def _groups(model: nn.Module, dg: tp.DependencyGraph, classifier: str) -> list[_
 
 def plan_removal(groups: list[_Group], scores: ChannelScores, cfg: PruneStage, pairs: dict) -> _Plan:
     plan = _Plan()
-    if cfg.coupled == "gamma":
-        for bn, (flag, score) in _coupled_bns(groups, scores, pairs).items():
-            idx = _top(flag, score, int(math.floor(cfg.max_layer_fraction * flag.numel())))
-            if idx:
-                plan.gamma[bn] = idx
+    at_bn: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # coupled: gamma -> BN: (flag, score), maybe shared
     for grp in groups:
         scored = [m for m in grp.members if m in scores.layers]
         if not scored:
             continue
         cap = int(math.floor(cfg.max_layer_fraction * grp.width))
         if cfg.coupled == "gamma" and len(grp.members) > 1:
-            for member in (m for m in scored if pairs[m].bn is None):  # no BN to carry gamma = 0: zero the branch
-                idx = _top(scores.layers[member].flag.bool(), scores.layers[member].score, cap)
-                if idx:
-                    plan.branch[member] = idx
+            for member in scored:
+                layer, bn = scores.layers[member], pairs[member].bn
+                if bn is None:  # no BN to carry gamma = 0: zero the branch
+                    idx = _top(layer.flag.bool(), layer.score, cap)
+                    if idx:
+                        plan.branch[member] = idx
+                    continue
+                flag, score = at_bn.get(bn, (torch.zeros_like(layer.flag, dtype=torch.bool), layer.score))
+                at_bn[bn] = (flag | layer.flag.bool(), torch.maximum(score, layer.score))
             continue
         flags = torch.stack([scores.layers[m].flag for m in scored]).bool()  # members x C
         group_score = torch.stack([scores.layers[m].score for m in scored]).max(0).values
@@ -106,23 +107,11 @@ def plan_removal(groups: list[_Group], scores: ChannelScores, cfg: PruneStage, p
             idx = _top(flags[row] & ~gone, scores.layers[member].score, cap)
             if idx:
                 plan.branch[member] = idx
+    for bn, (flag, score) in at_bn.items():
+        idx = _top(flag, score, int(math.floor(cfg.max_layer_fraction * flag.numel())))
+        if idx:
+            plan.gamma[bn] = idx
     return plan
-
-
-def _coupled_bns(groups: list[_Group], scores: ChannelScores, pairs: dict
-                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """BN -> (flag, score) for the BNs that coupled-group members are paired with (several may share one)."""
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for grp in groups:
-        if len(grp.members) < 2:
-            continue
-        for conv in grp.members:
-            layer, pair = scores.layers.get(conv), pairs.get(conv)
-            if layer is None or pair is None or pair.bn is None:
-                continue
-            flag, score = out.get(pair.bn, (torch.zeros_like(layer.flag, dtype=torch.bool), layer.score))
-            out[pair.bn] = (flag | layer.flag.bool(), torch.maximum(score, layer.score))
-    return out
 
 
 def _top(mask: torch.Tensor, score: torch.Tensor, cap: int) -> list[int]:
