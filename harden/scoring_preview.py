@@ -42,10 +42,9 @@ def preview(cfg: PipelineConfig, out_dir: Path) -> str:
     for conv, layer in chosen.scores.layers.items():
         if bool(layer.flag.any()):
             lines.append(f"  {conv}: channels {layer.flag.nonzero().flatten().tolist()}")
+    gamma = f", and set gamma 0 (beta kept) on {sum(map(len, plan.gamma.values()))} BN channels in place"
     lines.append(f"pruning would remove {sum(map(len, plan.remove.values()))} channels physically, silence "
                  f"{sum(map(len, plan.silence.values()))} stream-wide and zero {sum(map(len, plan.branch.values()))} "
-                 "in single branches"
-                 + (f", and set gamma 0 (beta kept) on {sum(map(len, plan.gamma.values()))} BN channels in place" if plan.gamma
-                    else ""))
+                 f"in single branches{gamma if plan.gamma else ''}")
     lines += [f"wrote {out_dir / 'scores.json'}"] + [f"wrote {f}" for f in files]
     return "\n".join(lines)

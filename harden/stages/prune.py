@@ -223,8 +223,8 @@ def _shifted(idxs_by_module: dict, removed_by_module: dict[str, set[int]]) -> di
     """In-place indices, shifted past the channels of the same module that were removed physically."""
     out = {}
     for name, idxs in idxs_by_module.items():
-        gone = sorted(removed_by_module.get(name, ()))
-        kept = [i - sum(1 for r in gone if r < i) for i in sorted(idxs) if i not in set(gone)]
+        gone = set(removed_by_module.get(name, ()))
+        kept = [i - sum(1 for r in gone if r < i) for i in sorted(idxs) if i not in gone]
         if kept:
             out[name] = kept
     return out
