@@ -105,6 +105,11 @@ class SelectPolicy(StrictModel):
         None, ge=0, le=1, description="when the scan flagged the model, a trigger-free tie-break: among candidates "
         "within budget, take the least pruning one whose inverted-trigger ASR on the tune split is within this of "
         "the lowest (null: always the most pruning candidate within budget)")
+    reinvert: bool = Field(
+        False, description="with itasr_tolerance, when the scan's patch verdict stands: invert the suspected target "
+        "afresh on each such candidate (least pruning first, about a tenth of a scan each) and take the first that "
+        "the verdict no longer flags, else the most pruning candidate within budget; catches a backdoor whose "
+        "inverted patch stops working while the real trigger (e.g. a full-image blend) still does")
 
 
 class PruneStage(StrictModel):
@@ -231,6 +236,10 @@ class PipelineConfig(StrictModel):
             raise ValueError(f"gate.max_asr_per_trigger names {unknown}, which stages.verify.triggers does not define")
         if self.gate.enabled and self.gate.rescan_clean and not (self.stages.scan.enabled and self.stages.scan.rescan):
             raise ValueError("gate.rescan_clean needs stages.scan.enabled and stages.scan.rescan")
+        sel = self.stages.prune.select
+        if sel.reinvert and not (self.stages.scan.enabled and sel.itasr_tolerance is not None):
+            raise ValueError("stages.prune.select.reinvert needs stages.scan.enabled and "
+                             "stages.prune.select.itasr_tolerance (it refines that tie-break)")
         if self.stages.int8.enabled and not self.stages.export.enabled:
             raise ValueError("stages.int8 quantises the exported ONNX: it needs stages.export.enabled: true")
         if self.gate.max_latency_ratio is not None and not (self.stages.export.enabled and self.stages.export.latency):

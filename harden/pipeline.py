@@ -26,7 +26,7 @@ from .lineage import MlflowTracker, NullTracker, Tracker, atomic_write_bytes, de
 from .progress import console
 from .plots import inverted_triggers
 from .resume import StageCache, load_state, state_to_arrays
-from .scan import inverted_asr, scan_from_arrays, scan_to_arrays
+from .scan import inverted_asr, reinverted, scan_from_arrays, scan_to_arrays
 from .scan import scan as scan_model
 from .stages import export, finetune, ingest, prune, score, select, verify
 
@@ -166,8 +166,12 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                     def inverted(m, found=found):
                         return inverted_asr(torch_predictor(m, src.contract, ctx.device), found, inp.tune,
                                             src.contract.num_classes, label="ITASR (tune)")
+                fresh = None
+                if found is not None and found.kind == "patch" and st.prune.select.reinvert:
+                    def fresh(m, found=found):
+                        return reinverted(m, found, inp.tune, src.contract, st.scan, ctx.device)
                 chosen = select.run(st.prune, current, scores, inp.tune, prep, ctx.device,
-                                    None if found is None else found.flagged, inverted)
+                                    None if found is None else found.flagged, inverted, fresh)
                 scores = chosen.scores
                 for i, row in enumerate(chosen.trace):
                     ctx.tracker.log_metrics({"select_tune_acc": row["tune_acc"], "select_flagged": row["flagged"]},

@@ -133,10 +133,14 @@ def _squash(t: torch.Tensor) -> torch.Tensor:
     return torch.tanh(t) / (2 - _EPS) + 0.5
 
 
-def scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanConfig,
-         device: torch.device = torch.device("cpu")) -> ScanResult:
+def invert(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanConfig,
+           device: torch.device = torch.device("cpu"), classes: list[int] | None = None,
+           label: str = "Neural Cleanse scan") -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Neural Cleanse's inversion for ``classes`` (default: all): per class the L1 norm of the smallest mask that
+    reached ``cfg.success`` (inf where none did), that mask (n, 1, H, W) and its pattern."""
     model = frozen_copy(model).to(device)  # never touch the caller's model (its grads feed fine-tuning)
-    k = contract.num_classes
+    chosen = list(range(contract.num_classes)) if classes is None else list(classes)
+    k = len(chosen)
     c, h, w = contract.input_size
     gen = torch.Generator().manual_seed(cfg.seed)
     init = lambda *shape: torch.atanh((torch.rand(*shape, generator=gen) - 0.5) * (2 - _EPS) * 0.999)  # noqa: E731
@@ -150,9 +154,9 @@ def scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanCon
     best_mask, best_pat = torch.zeros(k, 1, h, w), torch.zeros(k, c, h, w)
     stale = torch.zeros(k, dtype=torch.long)
     done = torch.zeros(k, dtype=torch.bool)
-    targets = torch.arange(k, device=device)
+    targets = torch.tensor(chosen, device=device)
     rng = np.random.default_rng(cfg.seed)
-    for _ in track(range(cfg.epochs), "Neural Cleanse scan"):
+    for _ in track(range(cfg.epochs), label):
         hits, seen, norms_sum = torch.zeros(k), 0, torch.zeros(k)
         for _ in range(cfg.steps_per_epoch):
             idx = np.sort(rng.choice(len(data), size=min(cfg.batch_size, len(data)), replace=False))
@@ -194,7 +198,13 @@ def scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanCon
         done |= raised & lowered & (stale >= cfg.early_stop_epochs)
         if bool(done.all()):
             break
-    norms = best.numpy().astype(np.float64)
+    return best.numpy().astype(np.float64), best_mask, best_pat
+
+
+def scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanConfig,
+         device: torch.device = torch.device("cpu")) -> ScanResult:
+    norms, best_mask, best_pat = invert(model, data, contract, cfg, device)
+    model = frozen_copy(model).to(device)
     failed = [int(i) for i in np.flatnonzero(~np.isfinite(norms))]
     anomaly = anomaly_index(norms)
     t_star = verdict(norms, anomaly, cfg)
@@ -261,6 +271,20 @@ def verdict(norms: np.ndarray, anomaly: np.ndarray, cfg: ScanConfig) -> int | No
     small = norms[t_star] <= cfg.max_norm_ratio * med and anomaly[t_star] > cfg.anomaly_threshold
     decisive = norms[t_star] <= cfg.decisive_norm_ratio * med
     return t_star if small or decisive else None
+
+
+def reinverted(model: nn.Module, result: ScanResult, data: ImageSet, contract: InputContract, cfg: ScanConfig,
+                device: torch.device = torch.device("cpu")) -> tuple[float, bool]:
+    """Invert the patch verdict's class afresh on ``model`` (e.g. a pruning candidate): (its new mask norm, whether
+    the verdict still flags it among the scan's other norms). Unlike ITASR, which replays one fixed inverted patch, a
+    fresh inversion finds whatever small trigger still works, as for a blended backdoor whose tiny inverted patch
+    stops working after mild pruning while the blend itself still does (trigger-free: clean ``data`` only)."""
+    t = result.patch_target
+    assert t is not None, "re-inversion needs the patch verdict"
+    new, *_ = invert(model, data, contract, cfg, device, classes=[t], label=f"re-inversion of class {t}")
+    norms = np.array(result.norms, dtype=np.float64)
+    norms[t] = new[0]
+    return float(new[0]), verdict(norms, anomaly_index(norms), cfg) == t
 
 
 def inverted_asr(predict, result: ScanResult, data: ImageSet, num_classes: int, label: str = "ITASR") -> float:

@@ -121,3 +121,14 @@ def test_digest_ignores_defaults_and_survives_a_resolved_round_trip(tiny_workspa
     assert digest_of_resolved(saved) == cfg.digest()
     saved.write_text("stages: {nonsense: 1}")
     assert digest_of_resolved(saved) is None
+
+
+def test_reinvert_without_scan_or_tie_break_is_a_config_error(tiny_workspace):
+    with pytest.raises(ConfigError, match="reinvert needs stages.scan.enabled"):
+        load_pipeline(tiny_workspace / "pipeline.yaml", ["stages.prune.select.reinvert=true"])
+    with pytest.raises(ConfigError, match="itasr_tolerance"):
+        load_pipeline(tiny_workspace / "pipeline.yaml", ["stages.prune.select.reinvert=true", "stages.scan.enabled=true"])
+    cfg = load_pipeline(tiny_workspace / "pipeline.yaml", ["stages.prune.select.reinvert=true",
+                                                           "stages.scan.enabled=true",
+                                                           "stages.prune.select.itasr_tolerance=0.05"])
+    assert cfg.stages.prune.select.reinvert

@@ -1,5 +1,7 @@
 """Neural Cleanse scan: the MAD anomaly index, and a planted backdoor found with its target, trigger-free."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from harden.attacks.triggers import PatchTrigger
 from harden.data import ImageSet
 from harden.evaluate import torch_predictor
 from harden.models import create_model
-from harden.scan import ScanConfig, anomaly_index, inverted_asr, scan, verdict
+from harden.scan import ScanConfig, anomaly_index, inverted_asr, reinverted, scan, verdict
 from harden.train import TrainSettings, train
 from harden.zoo import poisoned_training_set
 
@@ -67,6 +69,20 @@ def test_scan_flags_the_planted_backdoor_and_its_target(backdoored_tiny):
     assert result.norms[0] == min(result.norms)
     predict = torch_predictor(model, TINY_CONTRACT, torch.device("cpu"))
     assert inverted_asr(predict, result, held, TINY_CONTRACT.num_classes) > 0.9  # the inversion works
+    # a fresh inversion of the target on the same model flags it again; on a model that never saw the trigger it does
+    # not (its target norm is no smaller than the backdoored model's other classes')
+    cfg = ScanConfig(enabled=True, epochs=15, steps_per_epoch=4, batch_size=32)
+    norm, flagged = reinverted(model, result, held, TINY_CONTRACT, cfg)
+    assert flagged and norm < 0.5 * np.median(result.norms[1:])
+    torch.manual_seed(0)
+    benign = create_model("tiny_cnn", 4, {"width": 8})
+    x, y = synthetic_images(800, seed=7)
+    settings = TrainSettings(epochs=12, lr=0.05, batch_size=64, patience=99, freeze_bn=False, clip_grad_norm=None,
+                             max_regression=1.0)
+    benign = train(benign, ImageSet(x, y, "train", "0"), TINY_CONTRACT, settings, lambda m: 0.0,
+                   torch.device("cpu")).model.eval()
+    norm, flagged = reinverted(benign, result, held, TINY_CONTRACT, cfg)
+    assert np.isfinite(norm) and not flagged, norm
 
 
 def test_pipeline_scan_stage_reports_verdict_itasr_and_tighter_budget(backdoored_tiny, tiny_workspace):
@@ -80,7 +96,8 @@ def test_pipeline_scan_stage_reports_verdict_itasr_and_tighter_budget(backdoored
     cfg = load_pipeline(tiny_workspace / "pipeline.yaml", [
         "stages.scan.enabled=true", "stages.scan.epochs=15", "stages.scan.steps_per_epoch=4",
         "stages.prune.select.policy=accuracy_guard", "stages.finetune.max_steps=2", "tracking.enabled=false",
-        "stages.finetune.contrastive_weight=1.0", "stages.scan.rescan=true"])
+        "stages.finetune.contrastive_weight=1.0", "stages.scan.rescan=true", "stages.prune.select.itasr_tolerance=0.05",
+        "stages.prune.select.reinvert=true"])
     report = run_pipeline(cfg, tiny_workspace / "out").report
     assert report["scan"]["flagged"] and report["scan"]["target"] == 0
     assert report["finetune"]["contrastive"]  # MCL ran with the inverted trigger
@@ -89,6 +106,8 @@ def test_pipeline_scan_stage_reports_verdict_itasr_and_tighter_budget(backdoored
     assert report["itasr"]["target"] == 0 and report["itasr"]["before"] > 0.9
     for name in ("scan.json", "scan.npz", "scan-triggers.png"):
         assert (tiny_workspace / "out" / name).is_file()
+    trace = json.loads((tiny_workspace / "out" / "pruning.json").read_text())["selection"]
+    assert any("reinverted_norm" in row for row in trace)  # the patch verdict stands: candidates were re-inverted
 
 
 def test_unflagged_model_gets_the_tighter_budget(tiny_cnn):
@@ -142,3 +161,24 @@ def test_inverted_trigger_tie_break_prefers_the_least_pruning_candidate_that_def
     assert pick(0.5).threshold == 3.0  # everything within tolerance: the least pruning
     assert pick(None).threshold == 0.2 and not seen  # off: the most pruning within budget, no ITASR measured
     assert pick(0.02, flagged=False).threshold == 0.2 and not seen
+
+    asked = []
+
+    def fresh(flags):  # a stand-in re-inversion: (norm, still flagged) per candidate asked, least pruning first
+        def reinverted(model):
+            asked.append(model)
+            return 10.0 * len(asked), flags[len(asked) - 1]
+        return reinverted
+
+    def pick_fresh(tolerance, flags):
+        seen.clear(), asked.clear()
+        cfg = PruneStage(select={"policy": "accuracy_guard", "thresholds": [0.2, 1.0, 3.0], "max_relative_drop": 0.99,
+                                 "itasr_tolerance": tolerance, "reinvert": True})
+        return select.run(cfg, art, scores, tune, prep, dev, True, inverted, fresh(flags))
+
+    # everything defeats the inverted patch, yet a fresh inversion still flags the least pruning candidate
+    chosen = pick_fresh(0.5, [True, False, False])
+    assert chosen.threshold == 1.0 and len(asked) == 2  # stops at the first candidate it no longer flags
+    assert [r.get("reinverted_flagged") for r in chosen.trace] == [1.0, 0.0, None]
+    assert pick_fresh(0.02, [False]).threshold == 1.0 and len(asked) == 1  # only candidates ITASR lets through
+    assert pick_fresh(0.5, [True, True, True]).threshold == 0.2  # flagged throughout: the most pruning in budget

@@ -47,9 +47,12 @@ def top_fraction(scores: ChannelScores, fraction: float) -> Selection:
 
 def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageSet, prep: Prepared,
         device: torch.device, scan_flagged: bool | None = None,
-        inverted: Callable[[nn.Module], float] | None = None) -> Selection:
+        inverted: Callable[[nn.Module], float] | None = None,
+        reinverted: Callable[[nn.Module], tuple[float, bool]] | None = None) -> Selection:
     """``scan_flagged``: the Neural Cleanse verdict when a scan ran (None: no scan). ``inverted``: a model's
-    inverted-trigger ASR on the tune split, when the scan flagged the model (the trigger-free tie-break)."""
+    inverted-trigger ASR on the tune split, when the scan flagged the model (the trigger-free tie-break).
+    ``reinverted``: a fresh inversion of the suspected target on a model, (mask norm, still flagged), when the patch
+    verdict stands and ``select.reinvert`` is on: the tie-break then also asks that the candidate no longer flags."""
     sel = cfg.select
     budget = sel.max_relative_drop
     if scan_flagged is False and sel.unflagged_relative_drop is not None:
@@ -61,7 +64,7 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageS
     contract = art.contract
     base = accuracy(torch_predictor(prep.original, contract, device), tune, label="tune accuracy (unpruned)")
     trace: list[dict[str, float]] = []
-    within: list[tuple[float, ChannelScores, float | None]] = []  # candidates within budget, least pruning first
+    within: list[_Candidate] = []  # within budget, least pruning first
     tie_break = sel.itasr_tolerance is not None and inverted is not None and bool(scan_flagged)
     candidates = sel.thresholds or scores.thresholds or SCORERS.get(scores.method).thresholds
     for t in sorted(candidates, reverse=True):  # least pruning first
@@ -74,11 +77,27 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageS
             row["itasr"] = inverted(masked)
         trace.append(row)
         if drop <= budget:
-            within.append((t, candidate, row.get("itasr")))
+            within.append(_Candidate(t, candidate, masked, row))
     if not within:  # even the mildest candidate costs too much accuracy: prune nothing rather than break the model
         return Selection(rethreshold(scores, math.inf), None, trace)
     chosen = within[-1]  # the most pruning candidate within budget
     if tie_break:
-        lowest = min(c[2] for c in within)
-        chosen = next(c for c in within if c[2] <= lowest + sel.itasr_tolerance)
-    return Selection(chosen[1], chosen[0], trace)
+        lowest = min(c.row["itasr"] for c in within)
+        defeated = [c for c in within if c.row["itasr"] <= lowest + sel.itasr_tolerance]
+        chosen = defeated[0]
+        if reinverted is not None:  # the least pruning of those that a fresh inversion no longer flags, else the most
+            chosen = next((c for c in defeated if not c.still_flagged(reinverted)), within[-1])
+    return Selection(chosen.scores, chosen.threshold, trace)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    threshold: float
+    scores: ChannelScores
+    masked: nn.Module
+    row: dict[str, float]  # its trace row
+
+    def still_flagged(self, reinverted: Callable[[nn.Module], tuple[float, bool]]) -> bool:
+        norm, flagged = reinverted(self.masked)
+        self.row.update(reinverted_norm=norm, reinverted_flagged=float(flagged))  # the trace holds floats only
+        return flagged
