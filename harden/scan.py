@@ -203,8 +203,7 @@ def invert(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanC
 
 def scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanConfig,
          device: torch.device = torch.device("cpu")) -> ScanResult:
-    norms, best_mask, best_pat = invert(model, data, contract, cfg, device)
-    model = frozen_copy(model).to(device)
+    norms, best_mask, best_pat = invert(model, data, contract, cfg, device)  # each inversion copies the model
     failed = [int(i) for i in np.flatnonzero(~np.isfinite(norms))]
     anomaly = anomaly_index(norms)
     t_star = verdict(norms, anomaly, cfg)

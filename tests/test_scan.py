@@ -44,17 +44,19 @@ def backdoored_tiny():
     data = ImageSet(x, y, "train", "0")
     trig = PatchTrigger(target=0, size=3, value=1.0)
     poisoned, _ = poisoned_training_set(data, trig, PoisonConfig(ratio=0.15), 4, seed=0)
-    torch.manual_seed(0)
-    model = create_model("tiny_cnn", 4, {"width": 8})
     held = ImageSet(*synthetic_images(200, seed=8), "held", "1")
-    settings = TrainSettings(epochs=12, lr=0.05, batch_size=64, patience=99, freeze_bn=False, clip_grad_norm=None,
-                             max_regression=1.0)
     from harden.evaluate import accuracy, torch_predictor
 
-    out = train(model, poisoned, TINY_CONTRACT, settings,
-                lambda m: accuracy(torch_predictor(m, TINY_CONTRACT, torch.device("cpu")), held),
-                torch.device("cpu"))
-    return out.model.eval(), held, trig
+    model = _trained_tiny(poisoned, lambda m: accuracy(torch_predictor(m, TINY_CONTRACT, torch.device("cpu")), held))
+    return model, held, trig
+
+
+def _trained_tiny(data, evaluate):
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", 4, {"width": 8})
+    settings = TrainSettings(epochs=12, lr=0.05, batch_size=64, patience=99, freeze_bn=False, clip_grad_norm=None,
+                             max_regression=1.0)
+    return train(model, data, TINY_CONTRACT, settings, evaluate, torch.device("cpu")).model.eval()
 
 
 def test_scan_flags_the_planted_backdoor_and_its_target(backdoored_tiny):
@@ -74,13 +76,7 @@ def test_scan_flags_the_planted_backdoor_and_its_target(backdoored_tiny):
     cfg = ScanConfig(enabled=True, epochs=15, steps_per_epoch=4, batch_size=32)
     norm, flagged = reinverted(model, result, held, TINY_CONTRACT, cfg)
     assert flagged and norm < 0.5 * np.median(result.norms[1:])
-    torch.manual_seed(0)
-    benign = create_model("tiny_cnn", 4, {"width": 8})
-    x, y = synthetic_images(800, seed=7)
-    settings = TrainSettings(epochs=12, lr=0.05, batch_size=64, patience=99, freeze_bn=False, clip_grad_norm=None,
-                             max_regression=1.0)
-    benign = train(benign, ImageSet(x, y, "train", "0"), TINY_CONTRACT, settings, lambda m: 0.0,
-                   torch.device("cpu")).model.eval()
+    benign = _trained_tiny(ImageSet(*synthetic_images(800, seed=7), "train", "0"), lambda m: 0.0)
     norm, flagged = reinverted(benign, result, held, TINY_CONTRACT, cfg)
     assert np.isfinite(norm) and not flagged, norm
 
