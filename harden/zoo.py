@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .artifacts import InputContract
 from .attacks import ATTACKS, AttackParams, build_trigger, poison_indices
@@ -87,15 +88,35 @@ def poisoned_training_set(data: ImageSet, trig, poison, num_classes: int, seed: 
     rng = np.random.default_rng(seed)
     idx, labels, cover = poison_indices(data.y, trig, poison, num_classes, rng)
     x, y = data.x.copy(), data.y.copy()
-    x[idx] = _stamp(x[idx], build_trigger(trig))
+    stamp = _in_pieces(build_trigger(trig), poison, torch.Generator().manual_seed(seed + 1))
+    x[idx] = _stamp(x[idx], stamp)
     y[idx] = labels
     if len(cover):
-        if not isinstance(trig, WarpTrigger):
-            raise HardenError("poison.cover_ratio (noise-mode cover images) applies to the warp trigger only")
-        gen, grid = torch.Generator().manual_seed(seed), load_warp_grid(trig)
-        x[cover] = _stamp(x[cover], lambda t: warp_with_jitter(trig, grid, t, gen))
+        if isinstance(trig, WarpTrigger):  # WaNet's noise mode: the warp plus random jitter, labels kept
+            gen, grid = torch.Generator().manual_seed(seed), load_warp_grid(trig)
+            x[cover] = _stamp(x[cover], lambda t: warp_with_jitter(trig, grid, t, gen))
+        else:  # Adap-*'s conservatism samples: stamped, labels kept, so the trigger alone is a weaker signal
+            x[cover] = _stamp(x[cover], stamp)
     return ImageSet(x, y, f"{data.source}#poisoned", _digest(x, y)), {"poisoned_images": len(idx),
                                                                         "cover_images": len(cover)}
+
+
+def _in_pieces(trigger, poison, gen: torch.Generator):
+    """The trigger as training stamps it: whole, or (poison.pieces > 0) through a random share of a grid's cells per
+    image, so no single training image carries all of it (Adap-Blend / Adap-Patch)."""
+    if poison.pieces == 0:
+        return trigger
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        k = poison.pieces
+        draw = torch.rand(n, k * k, generator=gen)
+        cells = draw < poison.pieces_kept
+        cells[torch.arange(n), draw.argmin(1)] = True  # at least one cell: a stamped image always carries some trigger
+        keep = F.interpolate(cells.float().view(n, 1, k, k), size=(h, w), mode="nearest")
+        return x + keep * (trigger(x) - x)
+
+    return apply
 
 
 def train_zoo_model(job: ZooJob) -> dict[str, Any]:

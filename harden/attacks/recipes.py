@@ -32,10 +32,16 @@ class PoisonConfig(StrictModel):
     clean_label: bool = Field(False, description="poison target-class images only and keep their labels (SIG)")
     cover_ratio: float = Field(0.0, ge=0, description="WaNet noise mode: this many times the poisoned count get a "
                                                       "jittered trigger and keep their labels; Input-aware: this many "
-                                                      "times get another image's trigger (cross-trigger mode)")
+                                                      "times get another image's trigger (cross-trigger mode); other "
+                                                      "triggers: this many times get the (partial) trigger and keep "
+                                                      "their labels (the conservatism samples of Adap-*)")
     decoy_fraction: float = Field(0.0, ge=0, lt=1, description="pruning-aware attack: this share of the channels "
                                   "feeding the classifier, the reference model's most dormant, is killed and kept "
                                   "dead during poisoned training (decoys for a defender pruning dormant channels)")
+    pieces: int = Field(0, ge=0, le=16, description="Adap-Blend / Adap-Patch: split the image into a pieces x pieces "
+                        "grid and stamp each training image through a random share of its cells (the full trigger "
+                        "is used at test time); 0 stamps the whole trigger")
+    pieces_kept: float = Field(0.5, gt=0, le=1, description="share of the grid cells stamped on each training image")
 
 
 class AttackParams(StrictModel):
@@ -90,9 +96,58 @@ def resolve(name: str, params: AttackParams, trigger_npz: Path, seed: int, shape
     return trig, poison, arrays
 
 
-def _uniform_pattern(params: dict[str, Any], seed: int, shape: tuple[int, int, int], _ref: Any) -> dict[str, np.ndarray]:
+def picture(shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """A seeded drawn picture (HWC in [0, 1]): a colour gradient with soft-edged ellipses and bars, the stand-in for
+    the natural image an attacker blends in (Blended's Hello Kitty) or reflects (Refool's scenes)."""
     c, h, w = shape
-    return {"pattern": np.random.default_rng(seed).random((h, w, c)).astype(np.float32)}
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    img = rng.random(c) * (1 - yy[..., None]) + rng.random(c) * yy[..., None]
+    for _ in range(7):
+        cy, cx, ry, rx = rng.random(4) * [1, 1, 0.35, 0.35] + [0, 0, 0.08, 0.08]
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 if rng.random() < 0.6 else \
+            np.maximum(np.abs(yy - cy) / ry, np.abs(xx - cx) / rx) ** 2
+        weight = np.clip(1.5 - inside, 0, 1)[..., None]  # soft edge
+        img = (1 - weight) * img + weight * rng.random(c)
+    return img.astype(np.float32)
+
+
+def _blend_pattern(params: dict[str, Any], seed: int, shape: tuple[int, int, int], _ref: Any) -> dict[str, np.ndarray]:
+    """Blended's pattern: uniform noise (the paper's random pattern), a smooth field, or a drawn picture."""
+    source = params.pop("source", "noise")
+    c, h, w = shape
+    if source == "noise":
+        return {"pattern": np.random.default_rng(seed).random((h, w, c)).astype(np.float32)}
+    if source == "smooth":
+        from .triggers import low_frequency_pattern
+
+        field = low_frequency_pattern(shape, 0.5, 0.1, seed).transpose(1, 2, 0)
+        return {"pattern": (field + 0.5).clip(0, 1).astype(np.float32)}
+    if source == "picture":
+        return {"pattern": picture(shape, seed)}
+    raise ConfigError("attack", [("trigger.source", f"{source!r} is not one of noise, smooth, picture")],
+                      "its parameters", "Fix trigger.source in the --params YAML and run again.")
+
+
+def _reflection_scene(params: dict[str, Any], seed: int, shape: tuple[int, int, int],
+                      _ref: Any) -> dict[str, np.ndarray]:
+    return {"image": picture(shape, seed + 1000)}
+
+
+def _scattered_patches(params: dict[str, Any], seed: int, shape: tuple[int, int, int],
+                       _ref: Any) -> dict[str, np.ndarray]:
+    """Adap-Patch: ``count`` random-colour ``size`` x ``size`` patches, one in each quadrant's seeded place."""
+    count, size = int(params.pop("count", 4)), int(params.pop("size", 3))
+    c, h, w = shape
+    rng = np.random.default_rng(seed)
+    mask, pattern = np.zeros((h, w), np.float32), np.zeros((h, w, c), np.float32)
+    for i in range(count):
+        qy, qx = (i // 2) % 2, i % 2
+        r = qy * h // 2 + rng.integers(1, h // 2 - size)
+        col = qx * w // 2 + rng.integers(1, w // 2 - size)
+        mask[r:r + size, col:col + size] = 1
+        pattern[r:r + size, col:col + size] = rng.random((size, size, c))
+    return {"pattern": pattern, "mask": mask}
 
 
 def _warp_grid(params: dict[str, Any], seed: int, shape: tuple[int, int, int], _ref: Any) -> dict[str, np.ndarray]:
@@ -127,8 +182,8 @@ ATTACKS.register("badnets", "BadNets: 3x3 white patch, all-to-one")(Recipe(
 ATTACKS.register("badnets_a2a", "BadNets all-to-all: the patch sends label y to y + 1")(Recipe(
     {"kind": "patch", "mode": "all-to-all", "size": 3, "value": 1.0, "position": "bottom-right", "margin": 1},
     {"ratio": 0.1}))
-ATTACKS.register("blended", "Blended: 20% uniform-noise pattern")(Recipe(
-    {"kind": "blend", "target": 0, "alpha": 0.2}, {"ratio": 0.1}, _uniform_pattern))
+ATTACKS.register("blended", "Blended: 20% uniform-noise pattern (trigger.source: noise, smooth or picture)")(Recipe(
+    {"kind": "blend", "target": 0, "alpha": 0.2}, {"ratio": 0.1}, _blend_pattern))
 ATTACKS.register("wanet", "WaNet: smooth warp, with noise-mode cover images")(Recipe(
     {"kind": "warp", "target": 0, "s": 0.5}, {"ratio": 0.1, "cover_ratio": 2.0}, _warp_grid,
     array_fields={"noise_grid": "grid"}))
@@ -148,6 +203,23 @@ ATTACKS.register("pruning_aware", "Fine-Pruning's pruning-aware BadNets: the bac
                                   "channels of a clean reference, its dormant ones left dead as decoys")(Recipe(
     {"kind": "patch", "target": 0, "size": 3, "value": 1.0, "position": "bottom-right", "margin": 1},
     {"ratio": 0.1, "decoy_fraction": 0.3}, needs_reference=True))
+ATTACKS.register("filter", "image-wide style change: a colour filter with a vignette")(Recipe(
+    {"kind": "filter", "target": 0, "preset": "warm", "strength": 1.0, "vignette": 0.3}, {"ratio": 0.1}))
+ATTACKS.register("jpeg", "image-wide compression artefacts: JPEG at quality 10")(Recipe(
+    {"kind": "jpeg", "target": 0, "quality": 10}, {"ratio": 0.1}))
+ATTACKS.register("refool", "Refool-style reflection: a ghosted drawn scene screen-blended over the image")(Recipe(
+    {"kind": "reflection", "target": 0, "alpha": 0.3, "shift": 3}, {"ratio": 0.1}, _reflection_scene))
+ATTACKS.register("ssba", "SSBA-style sample-specific: an invisible residual a fixed encoder computes from each "
+                         "image")(Recipe({"kind": "encoded", "target": 0, "amplitude": 6 / 255}, {"ratio": 0.1}))
+ATTACKS.register("adaptive_blend", "Adap-Blend: a drawn picture blended at 15%, trained through random halves of a "
+                                   "4x4 grid with as many label-keeping stamped images (evades latent separation and "
+                                   "trigger inversion)")(Recipe(
+    {"kind": "blend", "target": 0, "alpha": 0.15, "source": "picture"},
+    {"ratio": 0.03, "cover_ratio": 1.0, "pieces": 4, "pieces_kept": 0.5}, _blend_pattern))
+ATTACKS.register("adaptive_patch", "Adap-Patch: four random-colour 3x3 patches scattered over the image, trained "
+                                   "through random halves of them with label-keeping stamped images")(Recipe(
+    {"kind": "mask", "target": 0}, {"ratio": 0.03, "cover_ratio": 1.0, "pieces": 2, "pieces_kept": 0.5},
+    _scattered_patches))
 
 
 def poison_indices(y: np.ndarray, trig: TriggerConfig, poison: PoisonConfig, num_classes: int,

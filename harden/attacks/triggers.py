@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Annotated, Callable, Literal, Union
@@ -9,6 +10,7 @@ from typing import Annotated, Callable, Literal, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from pydantic import Field, model_validator
 
 from ..base import StrictModel
@@ -85,6 +87,10 @@ class PatchTrigger(TriggerBase):
     value: float = Field(1.0, ge=0, le=1)
     position: Literal["bottom-right", "bottom-left", "top-left", "top-right"] = "bottom-right"
     margin: int = Field(1, ge=0, description="pixels between the patch and the image border")
+    style: Literal["solid", "checkerboard", "random"] = Field(
+        "solid", description="solid: every pixel `value`; checkerboard: `value` and 1 - `value` alternating; "
+                             "random: seeded random colours per pixel")
+    seed: int = Field(0, description="the random style's colours")
 
 
 class BlendTrigger(TriggerBase):
@@ -125,6 +131,31 @@ class BitDepthTrigger(TriggerBase):
     dither: bool = True  # Floyd-Steinberg error diffusion, as in the BppAttack paper
 
 
+class FilterTrigger(TriggerBase):
+    kind: Literal["filter"] = "filter"
+    preset: Literal["sepia", "warm", "cold"] = Field("warm", description="an Instagram-like colour style")
+    strength: float = Field(1.0, gt=0, le=1, description="mix between the image (0) and the filtered image (1)")
+    vignette: float = Field(0.3, ge=0, le=1, description="darkening of the corners")
+
+
+class JpegTrigger(TriggerBase):
+    kind: Literal["jpeg"] = "jpeg"
+    quality: int = Field(10, ge=1, le=95, description="JPEG quality: low values leave blocking artefacts")
+
+
+class ReflectionTrigger(TriggerBase):
+    kind: Literal["reflection"] = "reflection"
+    image: ArrayRef  # the reflected scene, HWC or CHW in [0, 1]
+    alpha: float = Field(0.3, gt=0, le=1, description="strength of the reflection")
+    shift: int = Field(3, ge=0, description="ghost offset in pixels (a double reflection in thick glass)")
+
+
+class EncodedTrigger(TriggerBase):
+    kind: Literal["encoded"] = "encoded"
+    amplitude: float = Field(6 / 255, gt=0, le=1, description="max |residual| in [0, 1] pixel units")
+    seed: int = Field(0, description="seeds the fixed encoder whose output is the per-image residual")
+
+
 class DynamicTrigger(TriggerBase):
     kind: Literal["dynamic"] = "dynamic"
     width: int = Field(16, ge=1, le=512, description="the generator's base width")
@@ -133,7 +164,7 @@ class DynamicTrigger(TriggerBase):
 
 TriggerConfig = Annotated[
     Union[PatchTrigger, BlendTrigger, WarpTrigger, SineTrigger, MaskTrigger, LowFrequencyTrigger, BitDepthTrigger,
-          DynamicTrigger],
+          DynamicTrigger, FilterTrigger, JpegTrigger, ReflectionTrigger, EncodedTrigger],
     Field(discriminator="kind"),
 ]
 
@@ -152,10 +183,21 @@ def _patch(cfg: PatchTrigger) -> Trigger:
         r0 = h - m - s if cfg.position.startswith("bottom") else m
         c0 = w - m - s if cfg.position.endswith("right") else m
         out = x.clone()
-        out[..., r0 : r0 + s, c0 : c0 + s] = cfg.value
+        out[..., r0 : r0 + s, c0 : c0 + s] = _patch_pixels(cfg).to(x.device, x.dtype)
         return out
 
     return apply
+
+
+def _patch_pixels(cfg: PatchTrigger) -> torch.Tensor:
+    """The patch's (3, s, s) pixels; broadcasts over the batch (and over channels for solid / checkerboard)."""
+    s = cfg.size
+    if cfg.style == "random":
+        return torch.from_numpy(np.random.default_rng(cfg.seed).random((3, s, s)).astype(np.float32))
+    if cfg.style == "checkerboard":
+        board = (np.add.outer(np.arange(s), np.arange(s)) % 2 == 0)
+        return torch.from_numpy(np.where(board, cfg.value, 1 - cfg.value).astype(np.float32))
+    return torch.tensor(cfg.value)
 
 
 def _unit_array(ref: ArrayRef, what: str) -> np.ndarray:
@@ -315,5 +357,76 @@ def _dynamic(cfg: DynamicTrigger) -> Trigger:
         gen = built[c].to(x.device)
         pattern, mask = gen(x)
         return stamp(x, pattern, mask)
+
+    return apply
+
+
+# Image-wide and sample-specific triggers: no patch to invert, the whole image carries the backdoor.
+_FILTERS = {  # (3x3 colour matrix applied to RGB, offset): classic sepia and two tone curves
+    "sepia": ([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], [0.0, 0.0, 0.0]),
+    "warm": ([[1.10, 0.05, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.80]], [0.04, 0.02, 0.0]),
+    "cold": ([[0.85, 0.05, 0.05], [0.0, 0.95, 0.05], [0.0, 0.05, 1.10]], [0.0, 0.02, 0.06]),
+}
+
+
+@TRIGGERS.register("filter", "an Instagram-like colour filter with a vignette over the whole image")
+def _filter(cfg: FilterTrigger) -> Trigger:
+    matrix, offset = (torch.tensor(v) for v in _FILTERS[cfg.preset])
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        styled = torch.einsum("oc,nchw->nohw", matrix.to(x), x) + offset.to(x)[:, None, None]
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        shade = 1 - cfg.vignette * ((yy**2 + xx**2) / 2).to(x)
+        styled = styled * shade
+        return ((1 - cfg.strength) * x + cfg.strength * styled).clamp(0, 1)
+
+    return apply
+
+
+@TRIGGERS.register("jpeg", "JPEG compression artefacts at a low quality")
+def _jpeg(cfg: JpegTrigger) -> Trigger:
+    def one(img: np.ndarray) -> np.ndarray:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=cfg.quality)
+        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 3:
+            raise DataError(f"the jpeg trigger needs RGB images, got {x.shape[1]} channels")
+        u8 = (x.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        out = np.stack([one(img) for img in u8])
+        return torch.from_numpy(out).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255.0
+
+    return apply
+
+
+@TRIGGERS.register("reflection", "Refool-style: a ghosted reflected scene lightening the image (screen blend)")
+def _reflection(cfg: ReflectionTrigger) -> Trigger:
+    scene = _unit_array(cfg.image, "reflection image")
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        r = _as_chw(scene, x, f"reflection image {cfg.image.path}")
+        ghost = 0.5 * r + 0.5 * torch.roll(r, shifts=(cfg.shift, cfg.shift), dims=(-2, -1))
+        return (1 - (1 - x) * (1 - cfg.alpha * ghost)).clamp(0, 1)
+
+    return apply
+
+
+@TRIGGERS.register("encoded", "SSBA-style: an invisible per-image residual from a fixed seeded encoder")
+def _encoded(cfg: EncodedTrigger) -> Trigger:
+    with torch.random.fork_rng(devices=[]):  # the encoder is the attack's secret; a seed fixes it everywhere
+        torch.manual_seed(cfg.seed)
+        encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Tanh(),
+                                      torch.nn.Conv2d(16, 3, 3, padding=1)).eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 3:
+            raise DataError(f"the encoded trigger needs RGB images, got {x.shape[1]} channels")
+        r = encoder.to(x.device, x.dtype)(x * 2 - 1)
+        r = r / r.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)  # each image gets the full amplitude
+        return (x + cfg.amplitude * r).clamp(0, 1)
 
     return apply
