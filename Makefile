@@ -33,7 +33,9 @@ demo: $(STAMP)
 	  echo "      --set data.clean.path=/path/to/clean.npz --set data.test.path=/path/to/test.npz"; \
 	  echo "(a model folder holds config.json in the timm hub layout beside model.safetensors)"; \
 	  exit 1; fi
-	$(BIN)/harden run pipelines/demo.yaml --out runs/demo
+	@# the demo model's trigger is known (it is the shared zoo's BadNets model): name it, so its ASR is measured
+	$(BIN)/harden run pipelines/demo.yaml --out runs/demo \
+	  --set 'stages.verify.triggers.badnets={kind: patch, target: 0, size: 3, value: 1.0, position: bottom-right, margin: 1}'
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -55,6 +55,10 @@ class ModelConfig(StrictModel):
     model_args: dict[str, Any] = Field(default_factory=dict)
     num_classes: Optional[int] = Field(None, ge=2)
     input: Optional[InputSpec] = None
+    rename: dict[str, str] = Field(default_factory=dict, description="tensor-name prefixes of the weights file mapped "
+                                   "to the architecture's, e.g. {'linear.': 'fc.'} (the longest match wins)")
+    name: Optional[str] = Field(None, min_length=1, description="the model's name: the registry entry is "
+                                "harden-<name> (default: the model folder's name; for a file, its folder's)")
 
 
 class DataSource(StrictModel):

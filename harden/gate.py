@@ -57,6 +57,10 @@ def evaluate(cfg: GateConfig, report: dict[str, Any]) -> list[GateCheck]:
             checks.append(GateCheck(name, value, limit, ok, f"{what} {value:.4g} {'<=' if ok else '>'} {limit:.4g}"))
 
     asr = report.get("asr", {})
+    if not asr and cfg.max_asr is not None and not cfg.max_asr_per_trigger:
+        # said, not silently skipped: a reader of gate.json must see that no ASR stood behind this gate
+        checks.append(GateCheck("asr", None, cfg.max_asr, True, "no known trigger was named (stages.verify.triggers): "
+                                "ASR not checked; the trigger-free checks stand in"))
     for trig in sorted(set(asr) | set(cfg.max_asr_per_trigger)):
         limit = cfg.max_asr_per_trigger.get(trig, cfg.max_asr)
         if limit is not None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import yaml
 
-from . import __version__, gate, int8, latency, polarizer
+from . import __version__, checked, gate, int8, latency, polarizer
 from .artifacts import FinetuneResult, ModelArtifact
 from .config import PipelineConfig, resolved_dict
 from .context import RunContext, resolve_device
@@ -55,14 +55,18 @@ def _save_weights(path: Path, model: torch.nn.Module) -> None:
 
 
 def registered_name(cfg: PipelineConfig) -> str:
+    """tracking.registered_model, else harden-<model.name>, else harden-<the model folder's name>: a file is named
+    after the folder it ships in (vendor-x/model.onnx -> harden-vendor-x), not its stem, which vendors share."""
     if cfg.tracking.registered_model:
         return cfg.tracking.registered_model
     path = cfg.model.path
-    if isinstance(path, str):  # models:/name@alias -> name; runs:/id/sub/folder -> folder
+    if cfg.model.name:
+        stem = cfg.model.name
+    elif isinstance(path, str):  # models:/name@alias -> name; runs:/id/sub/folder -> folder
         stem = path.split(":/", 1)[1].split("@")[0].rstrip("/").split("/")[-1 if path.startswith("runs:") else 0]
     else:
-        stem = path.name if path.is_dir() else path.stem
-    return "harden-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)
+        stem = path.name if path.is_dir() else path.resolve().parent.name
+    return "harden-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "model")
 
 
 def make_tracker(cfg: PipelineConfig, out_dir: Path) -> Tracker:
@@ -297,6 +301,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                               "asr": asr, "robust_acc": robust, "top1_agreement_vs_fp32": q.top1_agreement,
                               "max_abs_diff_vs_fp32": q.max_abs_diff, "latency_vs_fp32": lat}
 
+        report["checked"] = checked.checked(cfg, report)
         aliases = ("candidate",)
         if cfg.gate.enabled:
             checks = gate.evaluate(cfg.gate, report)
@@ -384,7 +389,7 @@ def registry_tags(report: dict[str, Any]) -> dict[str, str]:
         tags["asr"] = repr(max(v["after"] for v in report["asr"].values()))
     if "gate" in report:
         tags["gate"] = "passed" if report["gate"]["passed"] else "failed"
-    return tags
+    return {**tags, **checked.tags(report)}
 
 
 def summary_table(report: dict[str, Any]):
@@ -427,5 +432,21 @@ def render_summary(report: dict[str, Any]) -> str:
     from rich.console import Console
 
     buf = io.StringIO()
-    Console(file=buf, width=100).print(summary_table(report))
+    console = Console(file=buf, width=100)
+    console.print(summary_table(report))
+    for line in summary_notes(report):
+        console.print(line, highlight=False, markup=False)
     return buf.getvalue()
+
+
+def summary_notes(report: dict[str, Any]) -> list[str]:
+    """What the table's figures rest on: which known triggers were checked, what the scans found, what ran, where
+    the model was registered."""
+    notes = []
+    if "checked" in report:
+        c = report["checked"]
+        notes += [f"known triggers: {', '.join(c['known_triggers']) or checked.NO_TRIGGER}",
+                  f"backdoor search: {c['scan']}", f"repairs that ran: {'; '.join(c['repairs']) or 'none'}"]
+    if report.get("mlflow", {}).get("model_version") is not None:
+        notes.append(f"registered: {report['mlflow']['model_name']} version {report['mlflow']['model_version']}")
+    return notes

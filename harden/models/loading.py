@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -87,12 +88,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return _program_weights(path)
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's own pickle warnings are not the user's to act on here
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # UnpicklingError for code-carrying pickles, RuntimeError for bad zips
+            # torch's message suggests weights_only=False, i.e. running the file's code: never repeat that advice
+            what = ("it holds objects other than tensors, which could run code when unpickled"
+                    if isinstance(exc, pickle.UnpicklingError) else "it is not a readable torch checkpoint")
             raise ModelLoadError(
-                f"{path}: refused to load. harden reads checkpoints with torch.load(weights_only=True), which "
-                f"rejects pickles that could run code ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
-                "Convert it where you trust it: torch.save(model.state_dict(), 'weights.pt') or save it as safetensors."
+                f"{path}: refused to load: {what}. harden only reads tensors from a checkpoint and never runs code "
+                "from a model file. On a machine where you trust the file, save its weights alone: "
+                "torch.save(model.state_dict(), 'weights.pt'), or better safetensors.torch.save_file(model.state_dict(), "
+                "'model.safetensors'), and point model.path at that."
             ) from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
@@ -146,6 +153,45 @@ def _program_weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def rename_keys(state: dict[str, torch.Tensor], rename: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Tensor names with a prefix of ``rename`` replaced (the longest matching prefix wins)."""
+    if not rename:
+        return state
+    prefixes = sorted(rename, key=len, reverse=True)
+
+    def new(key: str) -> str:
+        hit = next((p for p in prefixes if key.startswith(p)), None)
+        return key if hit is None else rename[hit] + key[len(hit):]
+
+    return {new(k): v for k, v in state.items()}
+
+
+def rename_proposal(missing: list[str], unexpected: list[str], own: dict[str, torch.Tensor],
+                    state: dict[str, torch.Tensor]) -> dict[str, str] | None:
+    """The prefix mapping that turns the file's names into the architecture's, when every missing key has exactly one
+    unexpected key of the same shape and last name part (a classifier called `linear` where harden expects `fc`)."""
+    if not missing or len(missing) != len(unexpected):
+        return None
+    mapping: dict[str, str] = {}
+    used: set[str] = set()
+    for m in missing:
+        fits = [u for u in unexpected if tuple(state[u].shape) == tuple(own[m].shape)
+                and u.rsplit(".", 1)[-1] == m.rsplit(".", 1)[-1]]
+        if len(fits) != 1 or fits[0] in used:
+            return None
+        u = fits[0]
+        used.add(u)
+        mp, up = m.split("."), u.split(".")
+        common = 0  # shared trailing name parts
+        while common < min(len(mp), len(up)) - 1 and mp[-1 - common] == up[-1 - common]:
+            common += 1
+        src, dst = ".".join(up[:len(up) - common]) + ".", ".".join(mp[:len(mp) - common]) + "."
+        if mapping.get(src, dst) != dst:
+            return None
+        mapping[src] = dst
+    return mapping if rename_keys({u: state[u] for u in unexpected}, mapping).keys() == set(missing) else None
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path, arch: str) -> None:
     """Strictly load a state_dict, listing every missing/unexpected key and shape mismatch on failure."""
     own = model.state_dict()
@@ -162,10 +208,12 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
             if items:
                 shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
                 parts.append(f"{title} ({len(items)}): {shown}")
-        raise ModelLoadError(
-            f"{source} does not fit architecture {arch!r}: " + "; ".join(parts)
-            + ". Check model.architecture and model.model_args (e.g. width)."
-        )
+        proposal = rename_proposal(missing, unexpected, own, state)
+        hint = (f". Every missing key has exactly one unexpected key of the same shape: the names differ only by a "
+                f"prefix. Map them with `model: {{rename: {proposal}}}` in the pipeline YAML (or --set "
+                f"'model.rename={proposal}')" if proposal else ". Check model.architecture and model.model_args "
+                "(e.g. width), or map tensor-name prefixes with model.rename")
+        raise ModelLoadError(f"{source} does not fit architecture {arch!r}: " + "; ".join(parts) + hint + ".")
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ModelLoadError(f"{source}: weights contain NaN or Inf in {', '.join(bad[:5])}")
@@ -200,6 +248,7 @@ def load_model(
     num_classes: int | None = None,
     contract: InputContract | None = None,
     trust_code: bool = False,
+    rename: dict[str, str] | None = None,
 ) -> ModelArtifact:
     """Ingest a model folder (timm hub layout) or an architecture name plus a weights file.
 
@@ -247,7 +296,7 @@ def load_model(
 
         load_onnx_weights(model, weights, contract.input_size)
     else:
-        load_weights(model, read_state_dict(weights), weights, architecture)
+        load_weights(model, rename_keys(read_state_dict(weights), rename or {}), weights, architecture)
     model.eval()
     return ModelArtifact(
         model=model,

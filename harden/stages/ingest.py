@@ -37,7 +37,7 @@ def run(cfg: PipelineConfig, download_dir: Path | None = None) -> Inputs:
     path = m.path
     if is_registry_uri(path):
         path = fetch(path, download_dir or Path(tempfile.mkdtemp(prefix="harden-source-")), cfg.tracking.uri)
-    art = load_model(path, m.architecture, m.model_args, m.num_classes, contract, m.trust_code)
+    art = load_model(path, m.architecture, m.model_args, m.num_classes, contract, m.trust_code, m.rename)
     c = cfg.data.clean
     clean = load_images(c.path, art.contract, "data.clean", c.limit, cfg.seed)
     missing = sorted(set(range(art.contract.num_classes)) - set(clean.y.tolist()))
