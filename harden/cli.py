@@ -143,17 +143,20 @@ def score_cmd(pipeline: Path, out: Path | None, overrides: tuple[str, ...]) -> N
 @cli.command("inspect")
 @click.argument("model_uri")
 @click.option("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI).")
-def inspect_cmd(model_uri: str, tracking_uri: str | None) -> None:
-    """Show a registered version (models:/NAME/VERSION or models:/NAME@ALIAS): aliases, gate, metrics, and its
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON (for machines).")
+def inspect_cmd(model_uri: str, tracking_uri: str | None, as_json: bool) -> None:
+    """Show a registered version (models:/NAME/VERSION or models:/NAME@ALIAS): aliases, gate, figures, and its
     lineage back to the source model file and the clean data (sha256s)."""
     import json
 
-    from .modelstore import inspect
+    from .modelstore import inspect, render
 
     try:
-        click.echo(json.dumps(inspect(model_uri, tracking_uri), indent=1))
+        doc = inspect(model_uri, tracking_uri)
     except HardenError as exc:
         _fail(exc)
+        return
+    click.echo(json.dumps(doc, indent=1) if as_json else render(doc))
 
 
 @cli.command()

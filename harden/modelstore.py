@@ -75,3 +75,51 @@ def promote(model_uri: str, alias: str, tracking_uri: str | None = None) -> str:
                           f"passed is promoted; {todo}")
     client.set_registered_model_alias(mv.name, alias, mv.version)
     return str(mv.version)
+
+
+def render(doc: dict[str, Any]) -> str:
+    """`harden inspect`'s table for a person: gate and aliases, the figures, then the lineage back to the source."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    tags, lineage = doc["tags"], doc["lineage"]
+    t = Table(title=f"{doc['name']} version {doc['version']}", show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value", overflow="fold")
+    pct = lambda v: f"{100 * float(v):.2f}%"  # noqa: E731
+    t.add_row("aliases", ", ".join(doc["aliases"]) or "none")
+    t.add_row("gate", tags.get("gate", "not run"))
+    if "clean_acc" in tags:
+        t.add_row("clean accuracy", f"{pct(tags['clean_acc_before'])} -> {pct(tags['clean_acc'])}"
+                  if "clean_acc_before" in tags else pct(tags["clean_acc"]))
+    asr = sorted(k for k in tags if k.startswith("asr."))
+    for k in asr:
+        t.add_row(f"ASR {k[4:]}", pct(tags[k]))
+    if not asr:
+        t.add_row("known triggers", "none checked" if tags.get("known_triggers", "none") == "none"
+                  else tags["known_triggers"])
+    for key, label in (("scan", "backdoor search"), ("repairs", "repairs that ran")):
+        if key in tags:
+            t.add_row(label, tags[key])
+    if "itasr" in tags:
+        t.add_row("inverted-trigger ASR", f"{pct(tags['itasr_before'])} -> {pct(tags['itasr'])}"
+                  if "itasr_before" in tags else pct(tags["itasr"]))
+    t.add_row("run", f"{lineage.get('run_id')} ({lineage.get('run_status', '?')}, pipeline "
+                     f"{lineage.get('pipeline', '?')})")
+    src = lineage.get("source") or {}
+    t.add_row("source", f"{src.get('source_path') or tags.get('source_path')} "
+                        f"(sha256 {src.get('source_sha256') or tags.get('source_sha256')})")
+    if src.get("architecture"):
+        t.add_row("architecture", f"{src['architecture']} {src.get('model_args') or ''}".strip())
+    for name, digest in sorted((lineage.get("data") or {}).items()):
+        t.add_row(f"data {name}", f"sha256 {digest}")
+    for key in ("pipeline_sha256", "onnx_sha256", "harden_version"):
+        if key in tags:
+            t.add_row(key.replace("_", " "), tags[key])
+    if "error" in lineage:
+        t.add_row("lineage", f"incomplete: {lineage['error']}")
+    buf = io.StringIO()
+    Console(file=buf, width=120).print(t)
+    return buf.getvalue()

@@ -31,7 +31,13 @@ def passed_run(tmp_path_factory):
 def test_inspect_shows_gate_and_lineage_to_source_and_data(passed_run):
     ws, uri = passed_run
     report = json.loads((ws / "out" / "report.json").read_text())
-    proc = _harden("inspect", "models:/harden-model@production", "--tracking-uri", uri, cwd=ws)
+    table = _harden("inspect", "models:/harden-model@production", "--tracking-uri", uri, cwd=ws)
+    assert table.returncode == 0, table.stderr
+    assert not table.stdout.lstrip().startswith("{")  # a table for people, not raw JSON
+    for fragment in ("harden-model version 1", "candidate, production", "gate", "passed", "clean accuracy",
+                     "ASR patch", report["source"]["sha256"], "data clean-tune"):
+        assert fragment in table.stdout, fragment
+    proc = _harden("inspect", "models:/harden-model@production", "--tracking-uri", uri, "--json", cwd=ws)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["tags"]["gate"] == "passed" and set(doc["aliases"]) == {"candidate", "production"}
