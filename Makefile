@@ -13,7 +13,7 @@ ifneq ($(wildcard $(SHARED)/data),)
 export HARDEN_DATA ?= $(SHARED)/data
 endif
 
-.PHONY: setup demo test clean
+.PHONY: setup setup-browser demo test clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[cpu,dev]" 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import harden.cli, onnxruntime, torch_pruning, mlflow" && touch $(STAMP)
+
+# Debian's chromium for the report.html browser test (needs root, as CI has; elsewhere the test skips with a reason).
+setup-browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@chromium --version
 
 demo: $(STAMP)
 	@if [ ! -d "$${HARDEN_ZOO:-}/preact18-badnets" ]; then \

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 import yaml
 
-from . import __version__, checked, gate, int8, latency, polarizer
+from . import __version__, checked, gate, int8, latency, polarizer, report_html
 from .artifacts import FinetuneResult, ModelArtifact
 from .config import PipelineConfig, resolved_dict
 from .context import RunContext, resolve_device
 from .evaluate import accuracy, onnx_predictor, torch_predictor
 from .lineage import MlflowTracker, NullTracker, Tracker, atomic_write_bytes, default_tracking_uri, write_npz
 from .progress import console
-from .plots import inverted_triggers
+from .plots import inverted_triggers, score_histograms
 from .resume import StageCache, load_state, state_to_arrays
 from .scan import inverted_asr, reinverted, scan_from_arrays, scan_to_arrays
 from .scan import scan as scan_model
@@ -156,7 +156,9 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                 scores = outcome.combined
                 _write_json(out_dir / "scores.json", {**scores.to_json(), "per_method": {
                     name: s.to_json() for name, s in outcome.per_method.items()}})
+                score_histograms(scores, out_dir / "scores.png", cfg.name)
                 ctx.tracker.log_file(out_dir / "scores.json", "score")
+                ctx.tracker.log_file(out_dir / "scores.png", "score")
                 ctx.tracker.log_metrics({"flagged": scores.num_flagged(), "channels": scores.num_channels(),
                                          **{f"seconds_{k}": v for k, v in outcome.seconds.items()}})
             report["score"] = {"method": scores.method, "flagged": scores.num_flagged(),
@@ -225,7 +227,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
                 console.print("[yellow]fine-tuning diverged (held-out accuracy fell); kept the model from before it[/]")
             report["finetune"] = {"epochs_run": ft.epochs_run, "best_epoch": ft.best_epoch, "diverged": ft.diverged,
                                   **finetune.active_repairs(st.finetune, found),
-                                  "heldout_acc_start": ft.heldout_acc_before, "heldout_acc_best": ft.best_heldout_acc}
+                                  "heldout_acc_start": ft.heldout_acc_before, "heldout_acc_best": ft.best_heldout_acc,
+                                  "history": ft.history}
 
         _save_weights(out_dir / "hardened.safetensors", current.model)
         after = torch_predictor(current.model, src.contract, ctx.device)
@@ -330,7 +333,9 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, config_path: Path | None = 
         report["seconds"] = seconds
         report["resumed_from_cache"] = sorted(set(cache.hits))
         _write_json(out_dir / "report.json", report)
+        report_html.write(report, out_dir)
         ctx.tracker.log_file(out_dir / "report.json")
+        ctx.tracker.log_file(out_dir / "report.html")
         ctx.tracker.log_metrics({"total_seconds": seconds["total"]})
     return PipelineResult(out_dir, report, seconds)
 
