@@ -2,12 +2,18 @@
 
     python benchmarks/redteam.py train [--jobs 2] [--split dev]   # build the missing models (resumable)
     python benchmarks/redteam.py status                            # what is built, stale or missing
+    python benchmarks/redteam.py run pipelines/recommended.yaml --split test [--set seed=1] [--jobs 2]
 
 `train` runs `harden zoo train` once per missing model, in a subprocess with its own log, into $HARDEN_REDTEAM
 (default ~/.cache/harden/redteam), outside git. A model folder appears only when its training finished (zoo train
 writes `<name>.partial` and renames it), so an interrupted `train` goes on with the models still missing. Each folder
 gets `redteam.json`, the YAML entry it was built from: an entry edited since is reported stale and rebuilt only with
 --rebuild-stale. Order: models others need as a reference first, then dev, then test.
+
+`run` hardens every built model of a split with a pipeline (each model's own trigger named for verify, from its
+attack.json, for the report only), and writes benchmarks/results/<name>.{json,md} and <name>-bars.png: a row per
+model with its floor (its trigger's ASR on the clean model of the same architecture), means per split, and a
+detection table per detector (true positives, right targets, false positives on clean models).
 """
 
 from __future__ import annotations
@@ -218,6 +224,101 @@ def status(spec: Spec, root: Path) -> None:
         print(f"| {m.name} | {m.split} | {m.family} | {m.attack} | {m.arch} | {s} | {acc} | {asr} | {secs} |")
 
 
+def _harden_one(args: tuple[Path, Path, Path, list[str]]) -> dict[str, Any]:
+    """One model through the pipeline (a worker process: one thread, so two jobs share two cores fairly)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from benchmarks.run import run_one
+
+    pipeline, folder, runs, overrides = args
+    return run_one(pipeline, folder, runs, overrides)
+
+
+def floors(spec: Spec, root: Path, models: list[Entry], runs: Path) -> dict[str, float]:
+    """Each backdoored model's floor: the ASR of its trigger on the clean model of the same architecture (the one in
+    the same split when there is one). Cached in RUNS/floors.json; ground truth, report only."""
+    import torch
+
+    from harden.attacks import build_trigger
+    from harden.attacks.groundtruth import read_attack, trigger_from_attack
+    from harden.data import load_images
+    from harden.evaluate import attack_metrics, torch_predictor
+    from harden.models.loading import load_model
+
+    cache_file = runs / "floors.json"
+    known = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    clean = [m for m in spec.models if m.attack == "clean" and state(spec, m, root) == "built"]
+    loaded: dict[str, Any] = {}
+    for m in models:
+        if m.attack == "clean" or m.name in known:
+            continue
+        twins = sorted((c for c in clean if c.arch == m.arch), key=lambda c: c.split != m.split)
+        if not twins:
+            continue
+        twin = twins[0]
+        if twin.name not in loaded:
+            art = load_model(root / twin.name)
+            loaded[twin.name] = (art, load_images(data_dir() / "cifar10" / "test.npz", art.contract, "test set"))
+        art, test = loaded[twin.name]
+        trig = trigger_from_attack(root / m.name, read_attack(root / m.name) or {})
+        known[m.name], _ = attack_metrics(torch_predictor(art.model, art.contract, torch.device("cpu")), test,
+                                          build_trigger(trig), trig, art.contract.num_classes,
+                                          label=f"floor {m.name} on {twin.name}")
+        cache_file.write_text(json.dumps(known, indent=1))
+    return known
+
+
+def run(spec: Spec, root: Path, pipeline: Path, split: str | None, name: str, overrides: list[str], runs: Path,
+        jobs: int) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from benchmarks import redteam_tables as tables
+    from benchmarks.run import publish
+    from harden.attacks.groundtruth import read_attack
+    from harden.checked import scan_verdict
+
+    chosen = [m for m in spec.models if split in (None, m.split)]
+    built = [m for m in chosen if state(spec, m, root) == "built"]
+    for m in chosen:
+        if m not in built:
+            print(f"  {m.name}: {state(spec, m, root)}; not run (python benchmarks/redteam.py train)", flush=True)
+    if not built:
+        sys.exit(f"redteam: no built model of split {split or 'any'} under {root}")
+    runs.mkdir(parents=True, exist_ok=True)
+    work = [(pipeline.resolve(), root / m.name, runs, overrides) for m in built]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            rows = list(pool.map(_harden_one, work))
+    else:
+        rows = [_harden_one(w) for w in work]
+    floor = floors(spec, root, built, runs)
+    for m, r in zip(built, rows):
+        report = json.loads((Path(r["run"]) / "report.json").read_text())
+        r.update(split=m.split, family=m.family, arch=m.arch, target=(read_attack(root / m.name) or {}).get("target"),
+                 scan=report.get("scan"), verdict=scan_verdict(report), floor=floor.get(m.name))
+    by_split = {s: tables.summary([r for r in rows if r["split"] == s]) for s in SPLITS
+                if any(r["split"] == s for r in rows)}
+    det = tables.detection(rows)
+    intro = (f"Pipeline `{pipeline}`" + (f" with {', '.join(f'`{o}`' for o in overrides)}" if overrides else "")
+             + f"; red-team models ({split or 'both splits'}); ASR and accuracy on the CIFAR-10 "
+             "test set, after = the exported ONNX in onnxruntime.")
+    parts = [intro, tables.summary_table(by_split), tables.model_table(rows)]
+    if det:
+        parts += ["Detection (per detector; the verdict is what the pipeline acted on):", tables.detection_table(det)]
+    text = "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
+    publish(name, {"pipeline": str(pipeline), "overrides": overrides, "split": split, "summary": by_split,
+                   "detection": det, "rows": rows}, text, readme=False)
+    _bars(rows, name)
+
+
+def _bars(rows: list[dict[str, Any]], name: str) -> None:
+    from benchmarks.run import RESULTS, bar_chart
+
+    bar_chart(rows, RESULTS / f"{name}-bars.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", type=Path, default=SPEC)
@@ -229,8 +330,20 @@ def main() -> None:
     t.add_argument("--rebuild-stale", action="store_true", help="delete and retrain models built from an old entry")
     t.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda")
     sub.add_parser("status", help="a table of the models: built, stale or missing, with their figures")
+    r = sub.add_parser("run", help="harden the built models with PIPELINE and write benchmarks/results/redteam-*")
+    r.add_argument("pipeline", type=Path)
+    r.add_argument("--split", choices=SPLITS, default=None, help="only this split (default: both)")
+    r.add_argument("--name", default=None, help="results name (default: redteam-<pipeline>-<split>)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value for every run")
+    r.add_argument("--runs", type=Path, default=REPO / "runs" / "redteam", help="run folders (resumable cache)")
+    r.add_argument("--jobs", type=int, default=1, help="models hardened at once (one thread each)")
     args = ap.parse_args()
     spec = load_spec(args.spec)
+    if args.cmd == "run":
+        sys.path.insert(0, str(REPO))
+        name = args.name or f"redteam-{args.pipeline.stem}-{args.split or 'all'}"
+        run(spec, cache_dir(), args.pipeline, args.split, name, args.overrides, args.runs / name, args.jobs)
+        return
     if args.cmd == "train":
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         sys.exit(train(spec, cache_dir(), args.jobs, threads, args.split, args.rebuild_stale, args.device))

@@ -136,3 +136,50 @@ def test_pieces_stamp_part_of_the_trigger_and_cover_images_keep_labels(tmp_path)
     part = _in_pieces(build_trigger(trig), poison, torch.Generator().manual_seed(0))(torch.zeros(8, 3, 16, 16))
     share = float(part.mean() / build_trigger(trig)(torch.zeros(1, 3, 16, 16)).mean())
     assert 0.2 < share < 0.8 and full.sum() > 0  # about half of the patch, not all of it, on average
+
+
+def test_train_resumes_and_run_writes_the_tables(tmp_path, monkeypatch):
+    """Two tiny models end to end: train builds them (and nothing twice), run hardens them and writes the per-model,
+    summary and detection tables with each backdoored model's floor."""
+    import benchmarks.run as bench
+
+    data = tmp_path / "data" / "cifar10"
+    data.mkdir(parents=True)
+    for name, n, seed in (("train", 400, 1), ("test", 120, 2), ("clean", 160, 3)):
+        x, y = synthetic_images(n, seed)
+        np.savez(data / f"{name}.npz", x=x, y=y)
+    monkeypatch.setenv("HARDEN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("HARDEN_ZOO", str(tmp_path / "no-zoo"))
+    monkeypatch.setenv("HARDEN_REDTEAM", str(tmp_path / "cache"))
+    spec_file = tmp_path / "redteam.yaml"
+    spec_file.write_text(
+        "defaults: {width: 8, epochs: 2, lr: 0.05, batch_size: 64}\n"
+        "models:\n"
+        "  - {name: tiny-clean, split: test, family: clean, arch: tiny_cnn, attack: clean, seed: 1}\n"
+        "  - {name: tiny-badnets, split: test, family: patch, arch: tiny_cnn, attack: badnets, seed: 2,\n"
+        "     params: {trigger: {target: 2, size: 4}}}\n")
+    spec = redteam.load_spec(spec_file)
+    root = redteam.cache_dir()
+    assert redteam.train(spec, root, jobs=2, threads=1, split=None, rebuild_stale=False, device="cpu") == 0
+    assert {redteam.state(spec, m, root) for m in spec.models} == {"built"}
+    stamp = (root / "tiny-clean" / "attack.json").stat().st_mtime
+    assert redteam.train(spec, root, jobs=1, threads=1, split=None, rebuild_stale=False, device="cpu") == 0
+    assert (root / "tiny-clean" / "attack.json").stat().st_mtime == stamp  # nothing retrained
+
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"name: tiny\nseed: 0\ndevice: cpu\nmodel: {{path: {root / 'tiny-clean'}}}\n"
+        f"data: {{clean: {{path: {data / 'clean.npz'}, heldout_fraction: 0.25}}, test: {{path: {data / 'test.npz'}}}}}\n"
+        "stages:\n  scan: {enabled: true, epochs: 3, steps_per_epoch: 2}\n  score: {methods: {clp: {u: 1.0}}}\n"
+        "  finetune: {epochs: 1, batch_size: 32}\n  export: {latency: false}\ntracking: {enabled: false}\n")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    redteam.run(spec, root, pipeline, "test", "redteam-tiny", [], tmp_path / "runs", jobs=1)
+    doc = json.loads((tmp_path / "results" / "redteam-tiny.json").read_text())
+    rows = {r["model"]: r for r in doc["rows"]}
+    assert rows["tiny-badnets"]["target"] == 2 and rows["tiny-badnets"]["floor"] is not None
+    assert rows["tiny-clean"]["asr_after"] is None and rows["tiny-badnets"]["asr_after"] is not None
+    assert doc["summary"]["test"]["backdoored"] == 1 and doc["summary"]["test"]["clean"] == 1
+    assert {d["detector"] for d in doc["detection"]} >= {"neural cleanse", "verdict (any)"}
+    table = (tmp_path / "results" / "redteam-tiny.md").read_text()
+    assert "tiny-badnets" in table and "false positives" in table
+    assert (tmp_path / "results" / "redteam-tiny-bars.png").is_file()

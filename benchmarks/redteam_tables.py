@@ -1,0 +1,96 @@
+"""The red-team benchmark's tables: per model, means against the acceptance limits, and detection per detector.
+
+Ground truth (attack.json, trigger.npz) is read here, for the report only: floors (the ASR a clean model of the same
+architecture shows under the same trigger) and whether a detector named the real target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DETECTORS = {  # detector -> the class it flags in a report's scan summary (None: not flagged)
+    "neural cleanse": lambda s: s.get("patch_target"),
+    "warp inversion": lambda s: (s.get("warp") or {}).get("target"),
+    "grating scan": lambda s: (s.get("grating") or {}).get("target"),
+    "verdict (any)": lambda s: s.get("target") if s.get("flagged") else None,
+}
+
+
+def pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def model_table(rows: list[dict[str, Any]]) -> str:
+    head = ["model", "split", "family", "attack", "scan verdict (real target)", "clean acc before → after (drop)",
+            "ASR before → after", "floor", "≤ floor + 10", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        drop = r["clean_acc_before"] - r["clean_acc_after"]
+        within = "—" if r["asr_after"] is None or r.get("floor") is None else (
+            "yes" if r["asr_after"] <= r["floor"] + 0.10 else "**no**")
+        real = "—" if r.get("target") is None else str(r["target"])
+        lines.append("| " + " | ".join([
+            r["model"], r["split"], r["family"], r["attack"], f"{r['verdict']} ({real})",
+            f"{pct(r['clean_acc_before'])} → {pct(r['clean_acc_after'])} ({100 * drop:+.2f})",
+            f"{pct(r['asr_before'])} → {pct(r['asr_after'])}", pct(r.get("floor")), within,
+            f"{r['seconds'].get('total', 0):.0f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    bad = [r for r in rows if r["asr_after"] is not None]
+    clean = [r for r in rows if r["attack"] == "clean"]
+    drops = lambda rs: [r["clean_acc_before"] - r["clean_acc_after"] for r in rs]  # noqa: E731
+    return {
+        "backdoored": len(bad), "clean": len(clean),
+        "mean_asr_before": mean([r["asr_before"] for r in bad]), "mean_asr_after": mean([r["asr_after"] for r in bad]),
+        "max_asr_over_floor": max((r["asr_after"] - r["floor"] for r in bad if r.get("floor") is not None),
+                                  default=None),
+        "mean_drop_backdoored": mean(drops(bad)), "mean_drop_clean": mean(drops(clean)),
+        "max_drop_clean": max(drops(clean), default=None),
+        "mean_seconds": mean([r["seconds"].get("total") for r in rows]),
+    }
+
+
+def summary_table(by_split: dict[str, dict[str, Any]]) -> str:
+    lines = ["| split | backdoored | mean ASR before → after | worst ASR over floor | mean drop backdoored | "
+             "mean drop clean (worst) | mean seconds a model |", "|" + "---|" * 7]
+    for split, s in by_split.items():
+        worst = "—" if s["max_asr_over_floor"] is None else f"{100 * s['max_asr_over_floor']:+.2f}"
+        lines.append(f"| {split} | {s['backdoored']} | {pct(s['mean_asr_before'])} → {pct(s['mean_asr_after'])} | "
+                     f"{worst} | {pct(s['mean_drop_backdoored'])} | {pct(s['mean_drop_clean'])} "
+                     f"({pct(s['max_drop_clean'])}) | {s['mean_seconds'] or 0:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def detection(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per detector and split: true positives on backdoored models, false positives on clean ones, right targets."""
+    out = []
+    for split in dict.fromkeys(r["split"] for r in rows):
+        mine = [r for r in rows if r["split"] == split and r.get("scan") is not None]
+        if not mine:
+            continue
+        for name, flagged in DETECTORS.items():
+            bad = [r for r in mine if r["attack"] != "clean"]
+            clean = [r for r in mine if r["attack"] == "clean"]
+            hits = [r for r in bad if flagged(r["scan"]) is not None]
+            right = [r for r in hits if r.get("target") is not None and flagged(r["scan"]) == r["target"]]
+            out.append({"split": split, "detector": name, "backdoored": len(bad),
+                        "flagged_backdoored": len(hits), "right_target": len(right), "clean": len(clean),
+                        "flagged_clean": sum(flagged(r["scan"]) is not None for r in clean),
+                        "missed": [r["model"] for r in bad if flagged(r["scan"]) is None]})
+    return out
+
+
+def detection_table(det: list[dict[str, Any]]) -> str:
+    lines = ["| split | detector | true positives (backdoored flagged) | right target | false positives (clean "
+             "flagged) |", "|---|---|---|---|---|"]
+    for d in det:
+        lines.append(f"| {d['split']} | {d['detector']} | {d['flagged_backdoored']}/{d['backdoored']} | "
+                     f"{d['right_target']}/{d['flagged_backdoored']} | {d['flagged_clean']}/{d['clean']} |")
+    return "\n".join(lines) + "\n"
