@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -40,6 +42,7 @@ class TrainSettings:
     clip_grad_norm: float | None = 5.0
     max_regression: float = 0.05  # best fine-tuned score this far below the start means training diverged
     keep_last: bool = False  # return the last epoch, not the best-scoring one (when the score is not the goal)
+    checkpoint: Path | None = None  # written after every epoch and resumed from when present (long red-team runs)
 
 
 @dataclass
@@ -118,8 +121,22 @@ def train(
     start_state = copy.deepcopy(model.state_dict())
     best_state, best_epoch, stale, step = start_state, 0, 0, 0
     history: list[dict[str, float]] = []
-    epoch = 0
-    for epoch in range(1, settings.epochs + 1):
+    epoch, first = 0, 1
+    saved = _load_checkpoint(settings.checkpoint)
+    if saved is not None:  # resume: every state that the next epoch depends on, so the result is the same
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        gen.set_state(saved["gen"])
+        torch.set_rng_state(saved["torch_rng"])
+        for hook, hook_state in zip(hooks, saved["hooks"]):
+            if hook_state is not None:
+                hook.load_state_dict(hook_state)
+        best, best_state, best_epoch, stale, step = saved["best"], saved["best_state"], saved["best_epoch"], \
+            saved["stale"], saved["step"]
+        start, start_state, history = saved["start"], saved["start_state"], saved["history"]
+        first = saved["epoch"] + 1
+    for epoch in range(first, settings.epochs + 1):
         set_train_mode(model, settings.freeze_bn)
         order = torch.randperm(len(tune), generator=gen).numpy()
         losses = []
@@ -154,6 +171,13 @@ def train(
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
+        if settings.checkpoint is not None:
+            _save_checkpoint(settings.checkpoint, {
+                "epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks],
+                "best": best, "best_state": best_state, "best_epoch": best_epoch, "stale": stale, "step": step,
+                "start": start, "start_state": start_state, "history": history})
         if stale >= settings.patience or step >= total:
             break
     diverged = best < start - settings.max_regression
@@ -162,3 +186,15 @@ def train(
     model.load_state_dict(best_state)
     model.eval()
     return TrainOutcome(model, epoch, best_epoch, best, start, history, diverged)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-write leaves the previous epoch's checkpoint
+
+
+def _load_checkpoint(path: Path | None) -> dict | None:
+    if path is None or not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)  # our own file, but tensors only all the same

@@ -2,7 +2,8 @@
 
 Red-team tooling for the efficacy benchmark. The poisoned images are stamped once in float, then rounded back to
 uint8, as a real poisoned data set would ship them. The folder is written to a temporary sibling and renamed into
-place at the end, so an interrupted run never leaves a half-written model folder.
+place at the end, so an interrupted run never leaves a half-written model folder; the training itself keeps its last
+epoch in `<out>.ckpt`, so the same command run again goes on from there.
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
         device = torch.device(job.device)
         val = test.subset(np.random.default_rng(job.seed).permutation(len(test))[:2000], "val")
         settings = TrainSettings(epochs=job.epochs, lr=job.lr, batch_size=job.batch_size, patience=job.epochs + 1,
-                                 seed=job.seed, freeze_bn=False, clip_grad_norm=None, max_regression=1.0)
+                                 seed=job.seed, freeze_bn=False, clip_grad_norm=None, max_regression=1.0,
+                                 checkpoint=checkpoint_path(job.out))
         outcome = train(model, train_set, contract, settings,
                         lambda m: accuracy(torch_predictor(m, contract, device), val, label="val accuracy"),
                         device, hooks, label=f"zoo {job.attack}")
@@ -193,7 +195,14 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written folder behind
         raise
     tmp.rename(job.out)
+    checkpoint_path(job.out).unlink(missing_ok=True)
     return report
+
+
+def checkpoint_path(out: Path) -> Path:
+    """Where an unfinished training of ``out`` keeps its last epoch: an interrupted `harden zoo train` with the same
+    arguments goes on from there (a poisoned set and triggers are rebuilt from the seed, identically)."""
+    return out.with_name(out.name + ".ckpt")
 
 
 def _start_from_reference(model: torch.nn.Module, reference, job: ZooJob, clean: ImageSet, contract: InputContract,

@@ -81,3 +81,35 @@ def test_diverged_training_hands_back_the_start_model(trained_tiny):
     x = torch.rand(4, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(out.model(C.normalize(x)), trained_tiny(C.normalize(x)))
+
+
+class _Crash:
+    """Stands for a killed process: raises on the first step of the given epoch."""
+
+    def __init__(self, at_step: int):
+        self.at_step, self.steps = at_step, 0
+
+    def after_step(self, model):
+        self.steps += 1
+        if self.steps == self.at_step:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_model(tiny_cnn, tmp_path):
+    tune, held = _sets()
+    evaluate = lambda m: accuracy(torch_predictor(m, C, torch.device("cpu")), held, 64)  # noqa: E731
+    settings = TrainSettings(epochs=3, lr=0.05, batch_size=32, freeze_bn=False, patience=3)
+    whole = train(tiny_cnn, tune, C, settings, evaluate, torch.device("cpu"))
+    ckpt = tmp_path / "run.ckpt"
+    resumable = TrainSettings(**{**settings.__dict__, "checkpoint": ckpt})
+    try:
+        train(tiny_cnn, tune, C, resumable, evaluate, torch.device("cpu"), [_Crash(at_step=2 * 8 + 3)])
+        raise AssertionError("the crash hook did not fire")
+    except KeyboardInterrupt:
+        pass
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+    rec = Recorder()
+    resumed = train(tiny_cnn, tune, C, resumable, evaluate, torch.device("cpu"), [rec])
+    assert rec.steps == 8  # only the last epoch ran again
+    assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
+    assert all(torch.equal(v, whole.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())

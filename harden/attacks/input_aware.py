@@ -105,3 +105,13 @@ class InputAwareHook:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
+    def state_dict(self) -> dict:  # for the training loop's epoch checkpoints
+        return {"gen": self.gen.state_dict(), "opt": self.opt.state_dict(), "rng": self.rng.get_state(),
+                "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.load_state_dict(state["gen"])
+        self.opt.load_state_dict(state["opt"])
+        self.rng.set_state(state["rng"])
+        self.counts.update(state["counts"])
+
