@@ -170,7 +170,7 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
         val = test.subset(np.random.default_rng(job.seed).permutation(len(test))[:2000], "val")
         settings = TrainSettings(epochs=job.epochs, lr=job.lr, batch_size=job.batch_size, patience=job.epochs + 1,
                                  seed=job.seed, freeze_bn=False, clip_grad_norm=None, max_regression=1.0,
-                                 checkpoint=checkpoint_path(job.out))
+                                 checkpoint=checkpoint_path(job))
         outcome = train(model, train_set, contract, settings,
                         lambda m: accuracy(torch_predictor(m, contract, device), val, label="val accuracy"),
                         device, hooks, label=f"zoo {job.attack}")
@@ -195,14 +195,18 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written folder behind
         raise
     tmp.rename(job.out)
-    checkpoint_path(job.out).unlink(missing_ok=True)
+    checkpoint_path(job).unlink(missing_ok=True)
     return report
 
 
-def checkpoint_path(out: Path) -> Path:
-    """Where an unfinished training of ``out`` keeps its last epoch: an interrupted `harden zoo train` with the same
-    arguments goes on from there (a poisoned set and triggers are rebuilt from the seed, identically)."""
-    return out.with_name(out.name + ".ckpt")
+def checkpoint_path(job: ZooJob) -> Path:
+    """Where an unfinished training of ``job`` keeps its last epoch: an interrupted `harden zoo train` with the same
+    arguments goes on from there (a poisoned set and triggers are rebuilt from the seed, identically). The name holds
+    a digest of the arguments, so a changed recipe never resumes another one's weights."""
+    fields = {k: str(v) if isinstance(v, Path) else v for k, v in job.__dict__.items() if k not in ("out", "device")}
+    fields["params"] = job.params.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return job.out.with_name(f"{job.out.name}.{digest}.ckpt")
 
 
 def _start_from_reference(model: torch.nn.Module, reference, job: ZooJob, clean: ImageSet, contract: InputContract,
