@@ -28,7 +28,9 @@ def repairs_run(cfg: PipelineConfig, report: dict[str, Any]) -> list[str]:
         parts = [name for name, on in (("distillation", f.distill_weight > 0), ("MCL", ft.get("contrastive")),
                                        ("trigger unlearning", ft.get("trigger_unlearn")),
                                        ("grating unlearning", ft.get("grating_unlearn")),
-                                       ("universal adversarial unlearning", f.unlearn_weight > 0)) if on]
+                                       ("universal adversarial unlearning", f.unlearn_weight > 0),
+                                       ("feature shift tuning", f.fst.enabled),
+                                       ("shared adversarial unlearning", f.sau.enabled)) if on]
         done.append("fine-tune" + (f" with {', '.join(parts)}" if parts else ""))
     return done
 

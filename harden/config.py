@@ -140,6 +140,23 @@ class PruneStage(StrictModel):
     atol: float = Field(1e-4, gt=0, description="pruned vs masked model tolerance (catches pairing bugs)")
 
 
+class FstSettings(StrictModel):
+    enabled: bool = Field(False, description="Feature Shift Tuning (harden/fst.py): re-initialise the classifier head "
+                          "and penalise its alignment with the suspect's; acts on every model, no verdict needed")
+    weight: float = Field(0.2, ge=0, description="weight of <w, w_suspect> (the paper's alpha)")
+
+
+class SauSettings(StrictModel):
+    enabled: bool = Field(False, description="Shared Adversarial Unlearning (harden/sau.py): unlearn perturbations on "
+                          "which the model and the suspect agree on a wrong class; acts on every model")
+    weight: float = Field(1.0, ge=0, description="weight of -log(1 - p(the suspect's wrong class)) on the shared "
+                          "adversarial examples")
+    eps: float = Field(0.1, gt=0, le=1, description="L-inf radius of the search, raw pixels in [0, 1]")
+    steps: int = Field(3, ge=1, description="signed-ascent steps of the search per batch (each costs two passes)")
+    adv_weight: float = Field(0.0, ge=0, description="weight of the cross-entropy on the same examples (plain "
+                              "adversarial training; 0: off)")
+
+
 class FinetuneStage(StrictModel):
     enabled: bool = True
     epochs: int = Field(15, ge=1)
@@ -183,6 +200,8 @@ class FinetuneStage(StrictModel):
     trigger_unlearn_steps: int = Field(3, ge=1, description="signed-descent steps re-fitting the trigger per batch")
     trigger_unlearn_step_size: float = Field(0.1, gt=0, le=1, description="size of each step, a fraction of the "
                                              "parameters' range (pattern: [0, 1]; warp: +-max_shift pixels)")
+    fst: FstSettings = FstSettings()
+    sau: SauSettings = SauSettings()
     clip_grad_norm: Optional[float] = Field(5.0, gt=0, description="gradient-norm clipping (null: off)")
     max_steps: Optional[int] = Field(None, ge=1, description="cap on optimizer steps (tests and smoke runs)")
 

@@ -26,6 +26,8 @@ class TrainHook(Protocol):
 
     def after_step(self, model: nn.Module) -> None: ...
 
+    def start(self, model: nn.Module) -> None: ...  # once, on the model about to be trained, before its first step
+
 
 @dataclass
 class TrainSettings:
@@ -122,6 +124,9 @@ def train(
     best_state, best_epoch, stale, step = start_state, 0, 0, 0
     history: list[dict[str, float]] = []
     epoch, first = 0, 1
+    for hook in hooks:
+        if hasattr(hook, "start"):
+            hook.start(model)
     saved = _load_checkpoint(settings.checkpoint)
     if saved is not None:  # resume: every state that the next epoch depends on, so the result is the same
         model.load_state_dict(saved["model"])

@@ -9,7 +9,9 @@ from ..artifacts import FinetuneResult, InputContract, ModelArtifact
 from ..config import FinetuneStage
 from ..data import ImageSet
 from ..evaluate import accuracy, torch_predictor
+from ..fst import FeatureShift
 from ..mcl import ContrastiveHook, kept_features
+from ..sau import SharedAdversarialUnlearn
 from ..scan import ScanResult
 from ..train import TrainSettings, frozen_copy, train
 from ..unlearn import GratingUnlearn, UniversalUnlearn, softened_kl, trigger_unlearn
@@ -73,6 +75,11 @@ def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageS
     if cfg.unlearn_weight > 0:
         hooks = [*hooks, UniversalUnlearn(art.contract, cfg.unlearn_weight, cfg.unlearn_radius, cfg.unlearn_steps)]
 
+    if cfg.fst.enabled:
+        hooks = [*hooks, FeatureShift(art.classifier, cfg.fst.weight, seed)]
+    if cfg.sau.enabled:
+        hooks = [*hooks, SharedAdversarialUnlearn(teacher, art.contract, cfg.sau.weight, cfg.sau.eps, cfg.sau.steps,
+                                                  cfg.sau.adv_weight, seed)]
     if repairs["grating_unlearn"]:
         hooks = [*hooks, GratingUnlearn(teacher, art.contract, cfg.grating_unlearn_weight, cfg.grating_amplitude,
                                         cfg.grating_max_freq, cfg.grating_candidates, cfg.grating_keep, seed=seed)]
