@@ -235,6 +235,26 @@ def _harden_one(args: tuple[Path, Path, Path, list[str]]) -> dict[str, Any]:
     return run_one(pipeline, folder, runs, overrides)
 
 
+def clean_twin(spec: Spec, root: Path, m: Entry) -> Entry | None:
+    """The built clean model of ``m``'s architecture, the one in the same split when there is one."""
+    twins = sorted((c for c in spec.models if c.attack == "clean" and c.arch == m.arch
+                    and state(spec, c, root) == "built"), key=lambda c: c.split != m.split)
+    return twins[0] if twins else None
+
+
+def reactivation(spec: Spec, root: Path, m: Entry, run_dir: Path) -> dict[str, Any]:
+    """Both re-activation checks of one hardened model and its clean twin (cached in the run folder)."""
+    from benchmarks import reactivation as react
+
+    cached = run_dir / "reactivation.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    twin = clean_twin(spec, root, m)
+    result = react.for_run(run_dir, root / m.name, None if twin is None else root / twin.name)
+    cached.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def floors(spec: Spec, root: Path, models: list[Entry], runs: Path) -> dict[str, float]:
     """Each backdoored model's floor: the ASR of its trigger on the clean model of the same architecture (the one in
     the same split when there is one). Cached in RUNS/floors.json; ground truth, report only."""
@@ -248,15 +268,13 @@ def floors(spec: Spec, root: Path, models: list[Entry], runs: Path) -> dict[str,
 
     cache_file = runs / "floors.json"
     known = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    clean = [m for m in spec.models if m.attack == "clean" and state(spec, m, root) == "built"]
     loaded: dict[str, Any] = {}
     for m in models:
         if m.attack == "clean" or m.name in known:
             continue
-        twins = sorted((c for c in clean if c.arch == m.arch), key=lambda c: c.split != m.split)
-        if not twins:
+        twin = clean_twin(spec, root, m)
+        if twin is None:
             continue
-        twin = twins[0]
         if twin.name not in loaded:
             art = load_model(root / twin.name)
             loaded[twin.name] = (art, load_images(data_dir() / "cifar10" / "test.npz", art.contract, "test set"))
@@ -270,7 +288,7 @@ def floors(spec: Spec, root: Path, models: list[Entry], runs: Path) -> dict[str,
 
 
 def run(spec: Spec, root: Path, pipeline: Path, split: str | None, name: str, overrides: list[str], runs: Path,
-        jobs: int) -> None:
+        jobs: int, reactivate: bool = False) -> None:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -298,6 +316,8 @@ def run(spec: Spec, root: Path, pipeline: Path, split: str | None, name: str, ov
         report = json.loads((Path(r["run"]) / "report.json").read_text())
         r.update(split=m.split, family=m.family, arch=m.arch, target=(read_attack(root / m.name) or {}).get("target"),
                  scan=report.get("scan"), verdict=scan_verdict(report), floor=floor.get(m.name))
+        if reactivate and m.attack != "clean":
+            r["reactivation"] = reactivation(spec, root, m, Path(r["run"]))
     by_split = {s: tables.summary([r for r in rows if r["split"] == s]) for s in SPLITS
                 if any(r["split"] == s for r in rows)}
     det = tables.detection(rows)
@@ -307,6 +327,9 @@ def run(spec: Spec, root: Path, pipeline: Path, split: str | None, name: str, ov
     parts = [intro, tables.summary_table(by_split), tables.model_table(rows)]
     if det:
         parts += ["Detection (per detector; the verdict is what the pipeline acted on):", tables.detection_table(det)]
+    if any("reactivation" in r for r in rows):
+        parts += ["Re-activation (one epoch on the tune split, plain and with 50 poisoned images; the clean model of "
+                  "the same architecture under the same fine-tunes is the baseline):", tables.reactivation_table(rows)]
     text = "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
     publish(name, {"pipeline": str(pipeline), "overrides": overrides, "split": split, "summary": by_split,
                    "detection": det, "rows": rows}, text, readme=False)
@@ -337,12 +360,14 @@ def main() -> None:
     r.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value for every run")
     r.add_argument("--runs", type=Path, default=REPO / "runs" / "redteam", help="run folders (resumable cache)")
     r.add_argument("--jobs", type=int, default=1, help="models hardened at once (one thread each)")
+    r.add_argument("--reactivation", action="store_true", help="also the two re-activation checks per backdoored model")
     args = ap.parse_args()
     spec = load_spec(args.spec)
     if args.cmd == "run":
         sys.path.insert(0, str(REPO))
         name = args.name or f"redteam-{args.pipeline.stem}-{args.split or 'all'}"
-        run(spec, cache_dir(), args.pipeline, args.split, name, args.overrides, args.runs / name, args.jobs)
+        run(spec, cache_dir(), args.pipeline, args.split, name, args.overrides, args.runs / name, args.jobs,
+            args.reactivation)
         return
     if args.cmd == "train":
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)

@@ -94,3 +94,20 @@ def detection_table(det: list[dict[str, Any]]) -> str:
         lines.append(f"| {d['split']} | {d['detector']} | {d['flagged_backdoored']}/{d['backdoored']} | "
                      f"{d['right_target']}/{d['flagged_backdoored']} | {d['flagged_clean']}/{d['clean']} |")
     return "\n".join(lines) + "\n"
+
+
+def reactivation_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| model | ASR hardened | after a plain epoch | after an epoch with 50 poisoned | clean twin: plain / "
+             "50 poisoned |", "|---|---|---|---|---|"]
+    mine = [r for r in rows if "reactivation" in r]
+    for r in mine:
+        h, c = r["reactivation"]["hardened"], r["reactivation"].get("clean_baseline")
+        base = "—" if c is None else f"{pct(c['asr_plain_ft'])} / {pct(c['asr_poisoned_ft'])}"
+        lines.append(f"| {r['model']} | {pct(h['asr'])} | {pct(h['asr_plain_ft'])} | {pct(h['asr_poisoned_ft'])} | "
+                     f"{base} |")
+    hard = mean([r["reactivation"]["hardened"]["asr_poisoned_ft"] for r in mine])
+    base = mean([r["reactivation"].get("clean_baseline", {}).get("asr_poisoned_ft") for r in mine])
+    ratio = "—" if not hard or not base else f"{hard / base:.2f}"
+    lines.append(f"| **mean** | | {pct(mean([r['reactivation']['hardened']['asr_plain_ft'] for r in mine]))} | "
+                 f"{pct(hard)} | baseline {pct(base)}; ratio {ratio} (limit 2) |")
+    return "\n".join(lines) + "\n"

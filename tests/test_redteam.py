@@ -3,6 +3,7 @@ and adaptive triggers, partial stamping with label-keeping cover images)."""
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,7 +174,7 @@ def test_train_resumes_and_run_writes_the_tables(tmp_path, monkeypatch):
         "stages:\n  scan: {enabled: true, epochs: 3, steps_per_epoch: 2}\n  score: {methods: {clp: {u: 1.0}}}\n"
         "  finetune: {epochs: 1, batch_size: 32}\n  export: {latency: false}\ntracking: {enabled: false}\n")
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
-    redteam.run(spec, root, pipeline, "test", "redteam-tiny", [], tmp_path / "runs", jobs=1)
+    redteam.run(spec, root, pipeline, "test", "redteam-tiny", [], tmp_path / "runs", jobs=1, reactivate=True)
     doc = json.loads((tmp_path / "results" / "redteam-tiny.json").read_text())
     rows = {r["model"]: r for r in doc["rows"]}
     assert rows["tiny-badnets"]["target"] == 2 and rows["tiny-badnets"]["floor"] is not None
@@ -183,3 +184,19 @@ def test_train_resumes_and_run_writes_the_tables(tmp_path, monkeypatch):
     table = (tmp_path / "results" / "redteam-tiny.md").read_text()
     assert "tiny-badnets" in table and "false positives" in table
     assert (tmp_path / "results" / "redteam-tiny-bars.png").is_file()
+    react = rows["tiny-badnets"]["reactivation"]
+    assert set(react) == {"hardened", "clean_baseline"}
+    assert set(react["hardened"]) == {"asr", "asr_plain_ft", "asr_poisoned_ft"}
+    assert "Re-activation" in table and "reactivation" not in rows["tiny-clean"]
+    # the re-activation checks start from the hardened network itself: the same logits as the exported ONNX
+    from benchmarks.reactivation import hardened_model
+    from harden.evaluate import onnx_predictor
+
+    run_dir = Path(rows["tiny-badnets"]["run"])
+    report = json.loads((run_dir / "report.json").read_text())
+    net = hardened_model(root / "tiny-badnets", run_dir)
+    assert sum(p.numel() for p in net.parameters()) == report["params"]["after"]
+    x = torch.rand(8, 3, 16, 16)
+    ours = net(TINY_CONTRACT.normalize(x)).detach().numpy()
+    theirs = onnx_predictor(Path(report["onnx"]["path"]), TINY_CONTRACT)(x)
+    assert np.abs(ours - np.asarray(theirs)).max() < 1e-4
