@@ -31,10 +31,10 @@ class InputSpec(StrictModel):
     """The input contract, required when model.path is a bare weights file (a model folder carries its own)."""
 
     size: tuple[int, int, int] = Field(description="C, H, W")
-    mean: list[float]
-    std: list[float]
-    labels: Optional[list[str]] = None
-    pixel_scale: float = 255.0
+    mean: list[float] = Field(description="per-channel mean subtracted after scaling pixels to [0, 1]")
+    std: list[float] = Field(description="per-channel standard deviation divided by after the mean")
+    labels: Optional[list[str]] = Field(None, description="class names in output order")
+    pixel_scale: float = Field(255.0, description="raw pixel values are divided by this first")
 
 
 RegistryUri = Annotated[str, StringConstraints(pattern=r"^(models|runs):/\S+$")]
@@ -52,9 +52,11 @@ class ModelConfig(StrictModel):
                                         "(a Python entry point: needs trust_code)")
     trust_code: bool = Field(False, description="allow a module:function architecture to be imported and run; never "
                              "needed for the built-in architectures")
-    model_args: dict[str, Any] = Field(default_factory=dict)
-    num_classes: Optional[int] = Field(None, ge=2)
-    input: Optional[InputSpec] = None
+    model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the architecture "
+                                       "(e.g. width); a model folder's config.json supplies them")
+    num_classes: Optional[int] = Field(None, ge=2, description="outputs of the classifier (default: from the labels)")
+    input: Optional[InputSpec] = Field(None, description="the input contract of a bare weights file (a model folder "
+                                       "has it in config.json)")
     rename: dict[str, str] = Field(default_factory=dict, description="tensor-name prefixes of the weights file mapped "
                                    "to the architecture's, e.g. {'linear.': 'fc.'} (the longest match wins)")
     name: Optional[str] = Field(None, min_length=1, description="the model's name: the registry entry is "
@@ -62,13 +64,13 @@ class ModelConfig(StrictModel):
 
 
 class DataSource(StrictModel):
-    path: Path
+    path: Path = Field(description="an npz file (x uint8 NHWC, y int labels) or an ImageFolder directory")
     limit: Optional[int] = Field(None, ge=1, description="use only the first N images after a seeded shuffle")
 
 
 class CleanData(DataSource):
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="stratified share kept for stopping and checks")
-    split_seed: int = 0
+    split_seed: int = Field(0, description="seed of the stratified tune / held-out split")
 
 
 class DataConfig(StrictModel):
@@ -169,12 +171,12 @@ class FinetuneStage(StrictModel):
     freeze_bn: bool = Field(True, description="keep BatchNorm running statistics fixed while fine-tuning")
     distill_weight: float = Field(1.0, ge=0, description="weight of distillation from the suspect model on clean "
                                   "images (0: off); restores clean accuracy lost to pruning")
-    distill_temperature: float = Field(2.0, gt=0)
+    distill_temperature: float = Field(2.0, gt=0, description="softmax temperature of the distillation")
     distill_mix: bool = Field(False, description="also distil on mixup blends of clean images (label-free inputs)")
     contrastive_weight: float = Field(0.0, ge=0, description="MCL (algorithms.md §6): weight of the contrastive term "
                                       "on inputs stamped with the scan's inverted trigger (0: off; needs "
                                       "stages.scan, and acts only when the scan flags the model)")
-    contrastive_temperature: float = Field(0.5, gt=0)
+    contrastive_temperature: float = Field(0.5, gt=0, description="temperature of MCL's contrastive term")
     unlearn_weight: float = Field(0.0, ge=0, description="weight of adversarial unlearning of a universal "
                                   "perturbation (harden/unlearn.py; 0: off): for full-image triggers that the scan "
                                   "and pruning miss, at some clean accuracy")
@@ -208,18 +210,21 @@ class FinetuneStage(StrictModel):
 
 class ExportStage(StrictModel):
     enabled: bool = True
-    exporter: Literal["auto", "dynamo", "legacy"] = "auto"
-    slim: bool = True
+    exporter: Literal["auto", "dynamo", "legacy"] = Field("auto", description="torch.onnx exporter (auto: dynamo, "
+                                                          "legacy when dynamo fails)")
+    slim: bool = Field(True, description="simplify the graph with onnxslim after export")
     atol: float = Field(1e-4, gt=0, description="max |torch - onnxruntime| allowed on the parity batches")
-    min_top1_agreement: float = Field(0.999, ge=0, le=1)
-    parity_images: int = Field(256, ge=1)
+    min_top1_agreement: float = Field(0.999, ge=0, le=1, description="least share of parity images whose top-1 "
+                                      "class torch and onnxruntime agree on")
+    parity_images: int = Field(256, ge=1, description="held-out images the parity check runs")
     latency: bool = Field(True, description="also export the source model the same way and compare ONNX latency")
     latency_batches: list[int] = Field([1, 64], min_length=1, description="batch sizes of the latency comparison")
 
 
 class VerifyStage(StrictModel):
     enabled: bool = True
-    triggers: dict[str, TriggerConfig] = Field(default_factory=dict)
+    triggers: dict[str, TriggerConfig] = Field(default_factory=dict, description="known triggers by name, measured "
+                                               "for the report only (ASR); none by default (docs/attacks.md)")
     batch_size: int = Field(500, ge=1)
 
 
@@ -237,15 +242,15 @@ class Stages(StrictModel):
 class TrackingConfig(StrictModel):
     enabled: bool = True
     uri: Optional[str] = Field(None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or <out>/mlflow.db")
-    experiment: str = "harden"
+    experiment: str = Field("harden", description="MLflow experiment of the runs")
     registered_model: Optional[str] = Field(None, description="default: harden-<model folder name>")
 
 
 class PipelineConfig(StrictModel):
-    name: str = "harden"
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    out: Optional[Path] = None
+    name: str = Field("harden", description="the pipeline's name (MLflow run name, report title)")
+    seed: int = Field(0, description="seeds every random draw of the run")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when there is a GPU")
+    out: Optional[Path] = Field(None, description="output folder (default: harden-runs/<name>; --out wins)")
     model: ModelConfig
     data: DataConfig
     stages: Stages = Field(default_factory=Stages)

@@ -27,7 +27,7 @@ from .lineage import atomic_write_bytes
 class Int8Config(StrictModel):
     enabled: bool = False
     calibration_images: int = Field(512, ge=1, description="tune-split images used to calibrate activation ranges")
-    per_channel: bool = True
+    per_channel: bool = Field(True, description="per-channel weight scales (else one per tensor)")
     method: str = Field("minmax", pattern="^(minmax|entropy|percentile)$", description="activation range calibration")
     fp32_ends: bool = Field(True, description="keep the first conv (fed by the raw image) and the classifier in "
                             "fp32, as is usual: on the zoo's clean width-16 network this took held-out top-1 agreement "

@@ -57,7 +57,8 @@ def _before_after(report: dict[str, Any]) -> str:
     if "clean_acc" in report:
         rows.append([f"clean accuracy ({report['clean_acc']['measured_on']})", _pct(report["clean_acc"]["before"]),
                      _pct(report["clean_acc"]["after"])])
-    rows.append(["held-out clean accuracy", _pct(report["heldout_acc"]["before"]), _pct(report["heldout_acc"]["after"])])
+    held = report["heldout_acc"]
+    rows.append(["held-out clean accuracy", _pct(held["before"]), _pct(held["after"])])
     for k, v in report.get("asr", {}).items():
         rows.append([f"ASR {html.escape(k)}", _pct(v["before"]), _pct(v["after"])])
     if "itasr" in report:

@@ -40,8 +40,8 @@ class ScanConfig(StrictModel):
     lr: float = Field(0.1, gt=0)
     success: float = Field(0.99, gt=0, le=1, description="attack success that counts a mask as a working trigger")
     patience: int = Field(5, ge=1)
-    init_cost: float = Field(1e-3, gt=0)
-    early_stop_epochs: int = Field(25, ge=1)
+    init_cost: float = Field(1e-3, gt=0, description="starting weight of the mask-size term (Neural Cleanse's lambda)")
+    early_stop_epochs: int = Field(25, ge=1, description="epochs without a smaller trigger before a class stops")
     anomaly_threshold: float = Field(2.0, gt=0, description="flag the model when the smallest norm's index exceeds it")
     max_norm_ratio: float = Field(0.5, gt=0, le=1, description="and when that norm is at most this share of the "
                                   "median norm: with 10 classes the MAD is noisy, so an index above 2 alone is not "

@@ -84,7 +84,8 @@ def test_weights_that_almost_fit_get_a_proposed_rename_and_the_rename_works(tmp_
 def test_rename_through_the_yaml(tmp_path, tiny_workspace, tiny_cnn):
     folder = _renamed_folder(tiny_workspace, tiny_cnn)
     args = ["run", str(tiny_workspace / "pipeline.yaml"), "--out", str(tiny_workspace / "out"),
-            "--set", f"model.path={folder}", "--set", "tracking.enabled=false", "--set", "stages.finetune.enabled=false"]
+            "--set", f"model.path={folder}", "--set", "tracking.enabled=false",
+            "--set", "stages.finetune.enabled=false"]
     refused = CliRunner().invoke(cli, args)
     assert refused.exit_code == 2 and "model.rename" in refused.output and "Traceback" not in refused.output
     ok = CliRunner().invoke(cli, [*args, "--set", "model.rename={'linear.': 'head.'}"])

@@ -170,7 +170,8 @@ def test_train_resumes_and_run_writes_the_tables(tmp_path, monkeypatch):
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(
         f"name: tiny\nseed: 0\ndevice: cpu\nmodel: {{path: {root / 'tiny-clean'}}}\n"
-        f"data: {{clean: {{path: {data / 'clean.npz'}, heldout_fraction: 0.25}}, test: {{path: {data / 'test.npz'}}}}}\n"
+        f"data: {{clean: {{path: {data / 'clean.npz'}, heldout_fraction: 0.25}}, "
+        f"test: {{path: {data / 'test.npz'}}}}}\n"
         "stages:\n  scan: {enabled: true, epochs: 3, steps_per_epoch: 2}\n  score: {methods: {clp: {u: 1.0}}}\n"
         "  finetune: {epochs: 1, batch_size: 32}\n  export: {latency: false}\ntracking: {enabled: false}\n")
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")

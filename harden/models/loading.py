@@ -98,7 +98,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise ModelLoadError(
                 f"{path}: refused to load: {what}. harden only reads tensors from a checkpoint and never runs code "
                 "from a model file. On a machine where you trust the file, save its weights alone: "
-                "torch.save(model.state_dict(), 'weights.pt'), or better safetensors.torch.save_file(model.state_dict(), "
+                "torch.save(model.state_dict(), 'weights.pt'), or better "
+                "safetensors.torch.save_file(model.state_dict(), "
                 "'model.safetensors'), and point model.path at that."
             ) from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):

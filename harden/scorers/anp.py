@@ -33,7 +33,7 @@ class AnpConfig(ScorerConfig):
                        "for ResNet-18 at width 64, pipelines/anp.yaml uses 0.2 at width 16)")
     steps: int = Field(1, ge=1, description="inner maximisation steps per iteration")
     alpha: float = Field(0.2, ge=0, le=1, description="weight of the natural loss (1 - alpha on the perturbed one)")
-    mask_lr: float = Field(0.2, gt=0)
+    mask_lr: float = Field(0.2, gt=0, description="learning rate of the neuron masks")
     iterations: int = Field(2000, ge=1, description="outer iterations (reference: 2000 at batch 128)")
     batch_size: int = Field(128, ge=1)
     project_noise: bool = Field(False, description="clip the noise back to [-eps, eps] (paper); off as the code")

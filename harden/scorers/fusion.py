@@ -21,7 +21,8 @@ THRESHOLDS = {"zscore": (3.0, 2.75, 2.5, 2.25, 2.0), "rank": (0.98, 0.96, 0.94, 
 
 
 class FusionConfig(StrictModel):
-    method: Literal["zscore", "rank"] = "zscore"
+    method: Literal["zscore", "rank"] = Field("zscore", description="how several scorers' scores are put on one "
+                                                "scale before they are combined")
     weights: dict[str, float] = Field(default_factory=dict, description="per scorer name; missing ones weigh 1")
 
 
