@@ -13,7 +13,7 @@ ifneq ($(wildcard $(SHARED)/data),)
 export HARDEN_DATA ?= $(SHARED)/data
 endif
 
-.PHONY: setup setup-browser demo test clean
+.PHONY: setup setup-browser demo test redteam-train clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# The red-team benchmark's models, in the background (resumable; log beside the models). Start it first in a session
+# whenever `python benchmarks/redteam.py status` shows missing models.
+REDTEAM ?= $(or $(HARDEN_REDTEAM),$(HOME)/.cache/harden/redteam)
+redteam-train: $(STAMP)
+	@mkdir -p $(REDTEAM)
+	nohup $(BIN)/python benchmarks/redteam.py train --jobs 2 --threads 1 >> $(REDTEAM)/train.log 2>&1 &
+	@echo "training in the background; follow $(REDTEAM)/train.log"
 
 clean:
 	rm -rf runs harden-runs .pytest_cache

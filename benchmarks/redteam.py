@@ -19,6 +19,7 @@ detection table per detector (true positives, right targets, false positives on 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -148,6 +149,12 @@ def train(spec: Spec, root: Path, jobs: int, threads: int, split: str | None, re
           device: str) -> int:
     root.mkdir(parents=True, exist_ok=True)
     (root / "logs").mkdir(exist_ok=True)
+    lock = open(root / ".train.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"redteam: another `train` is running on {root}; let it finish (it builds everything missing)")
+        return 1
     todo: set[str] = set()
     for m in spec.models:
         s = state(spec, m, root)
@@ -163,8 +170,12 @@ def train(spec: Spec, root: Path, jobs: int, threads: int, split: str | None, re
              and state(spec, spec.entry(spec.entry(n).reference), root) == "missing"}
     queue = ordered(spec, todo)
     print(f"redteam: {len(queue)} model(s) to train into {root} ({jobs} job(s), {threads} thread(s) each)", flush=True)
+    # the trainings import a copy of harden made now: editing the checkout while they run cannot change them
+    code = root / ".code"
+    shutil.rmtree(code, ignore_errors=True)
+    shutil.copytree(REPO / "harden", code / "harden", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+           "PYTHONPATH": str(code) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     running: dict[str, tuple[subprocess.Popen, float, Any]] = {}
     failed: list[str] = []
     tmp = Path(tempfile.mkdtemp(prefix="redteam-params-"))
@@ -196,7 +207,7 @@ def train(spec: Spec, root: Path, jobs: int, threads: int, split: str | None, re
                 params_file.write_text(yaml.safe_dump(m.params))
             log = open(root / "logs" / f"{m.name}.log", "w")
             proc = subprocess.Popen(command(spec, m, root, device, params_file), stdout=log,
-                                    stderr=subprocess.STDOUT, env=env, cwd=REPO)
+                                    stderr=subprocess.STDOUT, env=env, cwd=code)
             running[m.name] = (proc, time.time(), log)
             print(f"  start {m.name} ({m.split}, {m.attack} on {m.arch})", flush=True)
         if running or queue:
