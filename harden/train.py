@@ -140,7 +140,8 @@ def train(
         best, best_state, best_epoch, stale, step = saved["best"], saved["best_state"], saved["best_epoch"], \
             saved["stale"], saved["step"]
         start, start_state, history = saved["start"], saved["start_state"], saved["history"]
-        first = saved["epoch"] + 1
+        epoch = saved["epoch"]
+        first = settings.epochs + 1 if saved["finished"] else epoch + 1  # stopped early: nothing left to run
     for epoch in range(first, settings.epochs + 1):
         set_train_mode(model, settings.freeze_bn)
         order = torch.randperm(len(tune), generator=gen).numpy()
@@ -176,14 +177,15 @@ def train(
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
+        finished = stale >= settings.patience or step >= total
         if settings.checkpoint is not None:
-            _save_checkpoint(settings.checkpoint, {
+            _save_checkpoint(settings.checkpoint, {"finished": finished,
                 "epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks],
                 "best": best, "best_state": best_state, "best_epoch": best_epoch, "stale": stale, "step": step,
                 "start": start, "start_state": start_state, "history": history})
-        if stale >= settings.patience or step >= total:
+        if finished:
             break
     diverged = best < start - settings.max_regression
     if diverged:  # never hand on a model that training broke; the caller reports it

@@ -113,3 +113,13 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_model(t
     assert rec.steps == 8  # only the last epoch ran again
     assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
     assert all(torch.equal(v, whole.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
+
+
+def test_a_finished_checkpoint_runs_nothing_more(tiny_cnn, tmp_path):
+    tune, held = _sets()
+    evaluate = lambda m: accuracy(torch_predictor(m, C, torch.device("cpu")), held, 64)  # noqa: E731
+    settings = TrainSettings(epochs=2, lr=0.05, batch_size=32, freeze_bn=False, patience=3, checkpoint=tmp_path / "c")
+    first = train(tiny_cnn, tune, C, settings, evaluate, torch.device("cpu"))
+    rec = Recorder()
+    again = train(tiny_cnn, tune, C, settings, evaluate, torch.device("cpu"), [rec])
+    assert rec.steps == 0 and again.epochs_run == first.epochs_run == 2 and again.history == first.history
