@@ -137,8 +137,10 @@ def render(report: dict[str, Any], out_dir: Path) -> str:
         parts += ["<h2>Channel scores</h2>", _file_img(out_dir / "scores.png", "score histograms")]
     prune = report.get("prune")
     if prune and prune.get("selection"):
-        parts += ["<h2>Pruning selection</h2>", f"<p>{prune['removed']} channels removed, {prune['zeroed']} zeroed"
-                  f"</p>", _selection_curve(prune["selection"], prune["threshold"])]
+        verdict = ("no candidate stayed within the accuracy budget, so nothing was pruned"
+                   if prune["threshold"] is None else f"threshold {prune['threshold']:g} chosen")
+        parts += ["<h2>Pruning selection</h2>", f"<p>{verdict}: {prune['removed']} channels removed, "
+                  f"{prune['zeroed']} zeroed</p>", _selection_curve(prune["selection"], prune["threshold"])]
     ft = report.get("finetune")
     if ft and ft.get("history"):
         parts += ["<h2>Fine-tune</h2>", f"<p>{ft['epochs_run']} epochs, best {ft['best_epoch']}"
