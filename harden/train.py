@@ -141,7 +141,7 @@ def train(
             saved["stale"], saved["step"]
         start, start_state, history = saved["start"], saved["start_state"], saved["history"]
         epoch = saved["epoch"]
-        first = settings.epochs + 1 if saved["finished"] else epoch + 1  # stopped early: nothing left to run
+        first = settings.epochs + 1 if saved.get("finished") else epoch + 1  # stopped early: nothing left to run
     for epoch in range(first, settings.epochs + 1):
         set_train_mode(model, settings.freeze_bn)
         order = torch.randperm(len(tune), generator=gen).numpy()
