@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("runs", type=Path, help="a folder of run folders (each with model.onnx and report.json)")
     ap.add_argument("--name", required=True)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--readme", action="store_true", help="also splice the table into README.md (bench:<name>)")
+    ap.add_argument("--readme", action="store_true", help="also splice the table into docs/benchmarks.md (bench:<name>)")
     args = ap.parse_args()
     rows = []
     for out in sorted(p for p in args.runs.iterdir() if (p / "model.onnx").is_file() and (p / "report.json").is_file()):

@@ -98,7 +98,7 @@ def main() -> None:
                     default=Path(os.environ.get("HARDEN_DATA", REPO.parent / "shared" / "data")) / "cifar10" /
                     "test.npz")
     ap.add_argument("--name", default="redzoo-train")
-    ap.add_argument("--readme", action="store_true", help="also splice the table into README.md (bench:<name>)")
+    ap.add_argument("--readme", action="store_true", help="also splice the table into docs/benchmarks.md (bench:<name>)")
     args = ap.parse_args()
     folders = [f for f in model_folders(args.models) if (f / "attack.json").is_file()]
     if not folders:

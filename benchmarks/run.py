@@ -266,13 +266,13 @@ def current_digest(pipelines: list[Path], models: Path, overrides: list[str]) ->
 
 def publish(name: str, payload: dict[str, Any], table: str, readme: bool) -> None:
     """Write benchmarks/results/<name>.json (payload) and .md (table), print the table, and with ``readme`` splice it
-    into README.md's bench:<name> block."""
+    into docs/benchmarks.md's bench:<name> block."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1))
     (RESULTS / f"{name}.md").write_text(table)
     print(table)
-    if readme and not splice_readme(REPO / "README.md", name, table):
-        print(f"README.md has no <!-- bench:{name} --> block; table not spliced", file=sys.stderr)
+    if readme and not splice_readme(REPO / "docs" / "benchmarks.md", name, table):
+        print(f"docs/benchmarks.md has no <!-- bench:{name} --> block; table not spliced", file=sys.stderr)
 
 
 def main() -> None:
@@ -284,7 +284,7 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "bench")
     ap.add_argument("--only", nargs="*", default=None, help="model folder names to include")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value for every run")
-    ap.add_argument("--readme", action="store_true", help="also splice the table into README.md (bench:<name>)")
+    ap.add_argument("--readme", action="store_true", help="also splice the table into docs/benchmarks.md (bench:<name>)")
     ap.add_argument("--source", nargs="+", choices=("folder", "onnx"), default=["folder"],
                     help="what each model is ingested from: its folder (safetensors) and/or its model.onnx; the "
                          "onnx rows are labelled 'PIPELINE (onnx)'")
