@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 import typing
 from typing import Any
 
@@ -31,7 +32,7 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     """The pydantic models an annotation holds directly (X, Optional[X]); containers of models are not expanded."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return [m for a in typing.get_args(annotation) for m in _models_in(a)]
     return []
 
