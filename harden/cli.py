@@ -45,7 +45,8 @@ def run(pipeline: Path, out: Path | None, overrides: tuple[str, ...], resume: bo
     data: the message says which); 3 the gate failed (gate.json and gate-junit.xml list the checks)."""
     try:
         from .config import load_pipeline
-        from .pipeline import render_summary, run_pipeline
+        from .pipeline import run_pipeline
+        from .summary import render_summary
 
         cfg = load_pipeline(pipeline, list(overrides))
         out_dir = (out or cfg.out or Path("harden-runs") / cfg.name).resolve()

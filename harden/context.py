@@ -1,13 +1,17 @@
-"""RunContext: everything a stage may use besides its own config, passed in explicitly (never global)."""
+"""RunContext: everything a stage may use besides its own config and the run state, passed in explicitly."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .lineage import Tracker
+from .errors import HardenError
+from .lineage import Tracker, atomic_write_bytes
+from .resume import StageCache
 
 
 @dataclass
@@ -16,11 +20,18 @@ class RunContext:
     seed: int
     out_dir: Path
     tracker: Tracker
+    cache: StageCache  # stage outputs keyed by their inputs; read back only by a resumed run
+
+    def write_json(self, name: str, obj: Any, artifact_folder: str | None = None) -> Path:
+        """An output file of the run folder, written atomically and (with ``artifact_folder``) logged to MLflow."""
+        path = self.out_dir / name
+        atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False).encode())
+        if artifact_folder is not None:
+            self.tracker.log_file(path, artifact_folder)
+        return path
 
 
 def resolve_device(name: str) -> torch.device:
-    from .errors import HardenError
-
     if name == "cuda" and not torch.cuda.is_available():
         raise HardenError("device: cuda was requested but no CUDA device is available; use device: auto or cpu")
     if name == "auto":

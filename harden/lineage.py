@@ -307,3 +307,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             raise StorageError(f"cannot write {path}: {exc.strerror or exc} (nothing was left half-written); "
                                "free space or choose another --out") from None
         raise
+
+
+def make_tracker(cfg, out_dir: Path) -> Tracker:
+    """``cfg``: the pipeline's `tracking` section. MLflow, or nothing when tracking is off."""
+    if not cfg.enabled:
+        return NullTracker()
+    return MlflowTracker(cfg.uri or default_tracking_uri(out_dir), cfg.experiment, out_dir / "mlartifacts")

@@ -1,27 +1,28 @@
-"""`harden score`: run ingest + score + selection only, and write what would be pruned, so a user can look first."""
+"""`harden score`: the pipeline's own runner stopped after selection (so the preview cannot choose a different cut
+than the run), then what would be pruned, written down so a user can look first."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
-
 from .config import PipelineConfig
-from .context import resolve_device
+from .errors import HardenError
 from .lineage import atomic_write_bytes
+from .pipeline import run_pipeline
 from .plots import score_histograms
-from .stages import ingest, prune, score, select
+from .stages.prune import masked_model
 
 
 def preview(cfg: PipelineConfig, out_dir: Path) -> str:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    inp = ingest.run(cfg)
-    outcome = score.run(cfg.stages.score, inp.model, inp.tune)
-    prep = prune.prepare(inp.model)
-    chosen = select.run(cfg.stages.prune, inp.model, outcome.combined, inp.tune, prep, resolve_device(cfg.device))
-    _, plan, *_ = prune.masked_model(prep, chosen.scores, cfg.stages.prune)
+    if not cfg.stages.score.enabled:
+        raise HardenError("stages.score is disabled in this pipeline: there are no scores to preview")
+    quiet = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    state = run_pipeline(quiet, out_dir, until="select").state
+    outcome, chosen = state.scored, state.selection
+    if chosen is None:
+        raise HardenError("stages.prune is disabled in this pipeline: nothing would be pruned")
+    _, plan, *_ = masked_model(state.prepared, chosen.scores, cfg.stages.prune)
     files = []
     for name, scores in {**outcome.per_method, **({"fused": outcome.combined} if len(outcome.per_method) > 1
                                                    else {})}.items():
@@ -37,6 +38,9 @@ def preview(cfg: PipelineConfig, out_dir: Path) -> str:
              f"({', '.join(f'{k} {v:.1f} s' for k, v in outcome.seconds.items())})",
              f"selection ({cfg.stages.prune.select.policy}): threshold {chosen.threshold}, "
              f"{chosen.scores.num_flagged()} channels flagged"]
+    if "scan" in state.report:
+        lines.append(f"scan: {'flagged, class ' + str(state.scan.target) if state.scan.flagged else 'not flagged'}"
+                     " (the selection's budget and tie-break follow the verdict, as in `harden run`)")
     for row in chosen.trace:
         lines.append("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     for conv, layer in chosen.scores.layers.items():

@@ -110,8 +110,8 @@ def train(
     """SGD + cosine on ``tune``; after each epoch ``evaluate`` (held-out score, higher is better) picks the best
     checkpoint and stops early after ``patience`` epochs without improvement. Trains a copy; returns the best one."""
     model = copy.deepcopy(model).to(device)  # never train the caller's model: "before" must stay the source
-    layout = torch.channels_last if settings.channels_last else torch.contiguous_format
-    model = model.to(memory_format=layout)
+    if settings.channels_last:  # only then: converting a plain model would change the layout of odd parameters
+        model = model.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(settings.seed)
     steps_per_epoch = math.ceil(len(tune) / settings.batch_size)
     total = settings.epochs * steps_per_epoch
@@ -156,7 +156,8 @@ def train(
             if settings.augment:
                 x = augment_batch(x, gen)
             y = torch.from_numpy(tune.y[idx]).to(device)
-            logits = model(contract.normalize(x).contiguous(memory_format=layout))
+            inputs = contract.normalize(x)
+            logits = model(inputs.contiguous(memory_format=torch.channels_last) if settings.channels_last else inputs)
             loss = F.cross_entropy(logits, y)
             for hook in hooks:
                 if hasattr(hook, "extra_loss"):
@@ -195,7 +196,9 @@ def train(
     if diverged:  # never hand on a model that training broke; the caller reports it
         best_state, best_epoch, best = start_state, 0, start
     model.load_state_dict(best_state)
-    model = model.to(memory_format=torch.contiguous_format).eval()  # safetensors and ONNX export want plain layout
+    if settings.channels_last:  # safetensors and ONNX export want the plain layout back
+        model = model.to(memory_format=torch.contiguous_format)
+    model.eval()
     return TrainOutcome(model, epoch, best_epoch, best, start, history, diverged)
 
 

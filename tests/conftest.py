@@ -119,3 +119,26 @@ def write_smoke_workspace(ws: Path) -> Path:
         np.savez(ws / f"{name}.npz", x=x, y=y)
     (ws / "pipeline.yaml").write_text(SMOKE_YAML)
     return ws
+
+
+def backdoored_tiny_model():
+    """tiny_cnn trained on synthetic images with 15 % poisoned by a white 3-pixel patch to class 0:
+    (model, 200 held-out images, the trigger)."""
+    from harden.attacks import PoisonConfig
+    from harden.attacks.triggers import PatchTrigger
+    from harden.data.sources import ImageSet
+    from harden.evaluate import accuracy, torch_predictor
+    from harden.train import TrainSettings, train
+    from harden.zoo import poisoned_training_set
+
+    data = ImageSet(*synthetic_images(800, seed=7), "train", "0")
+    trig = PatchTrigger(target=0, size=3, value=1.0)
+    poisoned, _ = poisoned_training_set(data, trig, PoisonConfig(ratio=0.15), 4, seed=0)
+    held = ImageSet(*synthetic_images(200, seed=8), "held", "1")
+    torch.manual_seed(0)
+    settings = TrainSettings(epochs=12, lr=0.05, batch_size=64, patience=99, freeze_bn=False, clip_grad_norm=None,
+                             max_regression=1.0)
+    model = train(create_model("tiny_cnn", 4, {"width": 8}), poisoned, TINY_CONTRACT, settings,
+                  lambda m: accuracy(torch_predictor(m, TINY_CONTRACT, torch.device("cpu")), held),
+                  torch.device("cpu")).model.eval()
+    return model, held, trig

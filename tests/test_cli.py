@@ -71,7 +71,7 @@ def test_mlflow_holds_parent_stage_runs_and_tagged_version(smoke_run):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.info.run_name for c in children) == sorted(
-        ["ingest", "score", "prune", "finetune", "export", "verify", "latency"])
+        ["ingest", "score", "select", "prune", "finetune", "export", "verify", "latency"])
     assert all(c.info.status == "FINISHED" for c in children)
     mv = client.get_model_version_by_alias("harden-model", "candidate")
     assert str(mv.version) == r["mlflow"]["model_version"]

@@ -77,7 +77,8 @@ def test_pipeline_repairs_what_the_grating_scan_found(tiny_cnn, tiny_workspace):
     """Through `harden run`'s pipeline: a grating verdict turns grating unlearning on in place of MCL and trigger
     unlearning, and the peak grating's ASR on held-out images falls."""
     from harden.config import load_pipeline
-    from harden.pipeline import render_summary, run_pipeline
+    from harden.pipeline import run_pipeline
+    from harden.summary import render_summary
 
     from .conftest import write_model_folder
 

@@ -13,7 +13,7 @@ from harden.cli import cli
 from harden.config import load_pipeline
 from harden.errors import ModelLoadError
 from harden.models.loading import load_model
-from harden.pipeline import registered_name
+from harden.stages.register import registered_name
 
 from .conftest import SMOKE_YAML, write_model_folder
 

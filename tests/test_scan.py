@@ -15,7 +15,7 @@ from harden.scan import ScanConfig, anomaly_index, inverted_asr, reinverted, sca
 from harden.train import TrainSettings, train
 from harden.zoo import poisoned_training_set
 
-from .conftest import TINY_CONTRACT, synthetic_images
+from .conftest import TINY_CONTRACT, backdoored_tiny_model, synthetic_images
 
 
 def test_anomaly_index_is_mad_based_and_ignores_failed_classes():
@@ -40,15 +40,7 @@ def test_verdict_needs_a_small_norm_and_accepts_a_decisive_ratio_alone(norms, ex
 
 @pytest.fixture(scope="module")
 def backdoored_tiny():
-    x, y = synthetic_images(800, seed=7)
-    data = ImageSet(x, y, "train", "0")
-    trig = PatchTrigger(target=0, size=3, value=1.0)
-    poisoned, _ = poisoned_training_set(data, trig, PoisonConfig(ratio=0.15), 4, seed=0)
-    held = ImageSet(*synthetic_images(200, seed=8), "held", "1")
-    from harden.evaluate import accuracy, torch_predictor
-
-    model = _trained_tiny(poisoned, lambda m: accuracy(torch_predictor(m, TINY_CONTRACT, torch.device("cpu")), held))
-    return model, held, trig
+    return backdoored_tiny_model()
 
 
 def _trained_tiny(data, evaluate):

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..artifacts import FinetuneResult, InputContract, ModelArtifact
-from ..config import FinetuneStage
+from ..config import FinetuneStage, PipelineConfig
+from ..context import RunContext
+from ..core.stage import register_stage
+from ..core.state import RunState
 from ..data import ImageSet
 from ..evaluate import accuracy, torch_predictor
 from ..fst import FeatureShift
 from ..mcl import ContrastiveHook, kept_features
+from ..progress import console
+from ..resume import StageCache, load_state, state_to_arrays
 from ..sau import SharedAdversarialUnlearn
 from ..scan import ScanResult
 from ..train import TrainSettings, frozen_copy, train
 from ..unlearn import GratingUnlearn, UniversalUnlearn, softened_kl, trigger_unlearn
+from .polarize import log_history
 
 
 class Distill:
@@ -98,3 +110,36 @@ def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageS
     out = ModelArtifact(**{**art.__dict__, "model": outcome.model})
     return out, FinetuneResult(outcome.epochs_run, outcome.best_epoch, outcome.best_score, outcome.start_score,
                                outcome.history, outcome.diverged)
+
+
+@register_stage("finetune", 70, "repair: the one training loop on the tune split with the configured repairs")
+class Finetune:
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return cfg.stages.finetune.enabled
+
+    def run(self, cfg: PipelineConfig, state: RunState, ctx: RunContext) -> dict[str, Any]:
+        """Its weights are cached for --resume, keyed by everything the result depends on; not after a polarizer,
+        whose inserted layer is not rebuilt before this point."""
+        st, src, inp, found = cfg.stages, state.source, state.inputs, state.scan
+        key = StageCache.key(src.source_sha256, inp.tune.sha256, inp.heldout.sha256, cfg.seed,
+                             st.finetune.model_dump(mode="json"), state.report.get("prune"),
+                             None if found is None else [found.kind, found.target])
+        cached = None if st.polarize.enabled else ctx.cache.load_arrays("finetune", key)
+        if cached is not None:  # prune has rebuilt the same architecture; only the weights are reused
+            current = state.model
+            state.model = type(current)(**{**current.__dict__, "model": copy.deepcopy(current.model)})
+            load_state(state.model.model, {k[2:]: v for k, v in cached.items() if k.startswith("w:")})
+            ft = FinetuneResult(**json.loads(str(cached["result"])))
+        else:
+            state.model, ft = run(st.finetune, state.model, src.model, inp.tune, inp.heldout, ctx.device, cfg.seed,
+                                  state.hooks, found if found is not None and found.flagged else None)
+            if not st.polarize.enabled:
+                ctx.cache.save_arrays("finetune", key, {
+                    **{f"w:{k}": v for k, v in state_to_arrays(state.model.model).items()},
+                    "result": np.array(json.dumps(dataclasses.asdict(ft)))})
+        log_history(ctx, ft.history)
+        if ft.diverged:
+            console.print("[yellow]fine-tuning diverged (held-out accuracy fell); kept the model from before it[/]")
+        return {"finetune": {"epochs_run": ft.epochs_run, "best_epoch": ft.best_epoch, "diverged": ft.diverged,
+                             **active_repairs(st.finetune, found), "heldout_acc_start": ft.heldout_acc_before,
+                             "heldout_acc_best": ft.best_heldout_acc, "history": ft.history}}

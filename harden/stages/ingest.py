@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..artifacts import InputContract, ModelArtifact
 from ..config import PipelineConfig, is_registry_uri
+from ..context import RunContext
+from ..core.stage import register_stage
+from ..core.state import RunState
 from ..data import ImageSet, load_images, stratified_split
 from ..errors import DataError
 from ..models.fetch import fetch
@@ -49,3 +54,26 @@ def run(cfg: PipelineConfig, download_dir: Path | None = None) -> Inputs:
     if cfg.data.test is not None:
         test = load_images(cfg.data.test.path, art.contract, "data.test", cfg.data.test.limit, cfg.seed)
     return Inputs(art, clean, tune, heldout, test)
+
+
+@register_stage("ingest", 10, "read the suspect model safely and the defender's clean data (tune / held-out split)")
+class Ingest:
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return True
+
+    def run(self, cfg: PipelineConfig, state: RunState, ctx: RunContext) -> dict[str, Any]:
+        inp = run(cfg, ctx.out_dir / "source")
+        src = inp.model
+        for name, ds, context in (("clean-tune", inp.tune, "training"), ("clean-heldout", inp.heldout, "validation"),
+                                  ("test", inp.test, "evaluation")):
+            if ds is not None:
+                ctx.tracker.log_dataset(ds.x, ds.y, name, ds.source, ds.sha256, context)
+        ctx.tracker.log_params({"architecture": src.architecture, "model_args": json.dumps(src.model_args),
+                                "source_sha256": src.source_sha256, "source_path": str(src.source_path),
+                                "tune_images": len(inp.tune), "heldout_images": len(inp.heldout)})
+        state.inputs, state.model = inp, src
+        return {"source": {"path": str(src.source_path), "sha256": src.source_sha256,
+                           "uri": cfg.model.path if isinstance(cfg.model.path, str) else None,
+                           "architecture": src.architecture, "model_args": src.model_args},
+                "data": {"clean_sha256": inp.clean.sha256, "tune": len(inp.tune), "heldout": len(inp.heldout),
+                         "test": len(inp.test) if inp.test is not None else 0}}

@@ -19,13 +19,17 @@ import copy
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
 from ..artifacts import ChannelScores, ModelArtifact, PruneResult
-from ..config import PruneStage
+from ..config import PipelineConfig, PruneStage
+from ..context import RunContext
+from ..core.stage import register_stage
+from ..core.state import RunState
 from ..errors import StageError
 from ..models.surgery import ConstantRoute, constant_routes, pair_convs_with_bns
 
@@ -314,3 +318,39 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torc
     out = copy.copy(art)
     out.model = pruned.to(device).eval()
     return out, result
+
+
+@register_stage("prune", 50, "remove the selected channels physically (torch-pruning), checked against the mask")
+class Prune:
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return cfg.stages.prune.enabled and cfg.stages.score.enabled
+
+    def run(self, cfg: PipelineConfig, state: RunState, ctx: RunContext) -> dict[str, Any]:
+        chosen = state.selection
+        state.model, pr = run(cfg.stages.prune, state.model, state.scores, ctx.device, state.prepared)
+        state.hooks.append(ZeroMask(pr.zeroed, pr.gamma_zeroed))
+        ctx.write_json("pruning.json", {"threshold": chosen.threshold, "selection": chosen.trace,
+                                        "removed": pr.removed, "zeroed": pr.zeroed, "gamma_zeroed": pr.gamma_zeroed,
+                                        "folded": pr.folded, "history": pr.history}, "prune")
+        ctx.tracker.log_metrics({"params_before": pr.params_before, "params_after": pr.params_after,
+                                 "macs_before": pr.macs_before, "macs_after": pr.macs_after,
+                                 "max_abs_diff_vs_masked": pr.max_abs_diff_vs_masked})
+        return {"prune": {"threshold": chosen.threshold, "flagged": state.scores.num_flagged(),
+                          "selection": chosen.trace, "removed": sum(map(len, pr.removed.values())),
+                          "zeroed": sum(map(len, pr.zeroed.values())),
+                          "gamma_zeroed": sum(map(len, pr.gamma_zeroed.values())),
+                          "max_abs_diff_vs_masked": pr.max_abs_diff_vs_masked,
+                          "folded": sum(map(len, pr.folded.values())), "fold_max_abs_diff": pr.fold_max_abs_diff},
+                "params": {"before": pr.params_before, "after": pr.params_after},
+                "macs": {"before": pr.macs_before, "after": pr.macs_after}}
+
+
+@register_stage("size", 55, "parameters and MACs of a model nothing pruned", span=False)
+class Unpruned:
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return not Prune().enabled(cfg)
+
+    def run(self, cfg: PipelineConfig, state: RunState, ctx: RunContext) -> dict[str, Any]:
+        src = state.source
+        macs, params = count(src.model.cpu(), torch.zeros(1, *src.contract.input_size))
+        return {"params": {"before": params, "after": params}, "macs": {"before": macs, "after": macs}}

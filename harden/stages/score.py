@@ -5,11 +5,16 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from ..artifacts import ChannelScores, ModelArtifact
-from ..config import ScoreStage
+from ..config import PipelineConfig, ScoreStage
+from ..context import RunContext
+from ..core.stage import register_stage
+from ..core.state import RunState
 from ..data import ImageSet
 from ..errors import StageError
+from ..plots import score_histograms
 from ..resume import StageCache, scores_from_arrays, scores_to_arrays
 from ..scorers import SCORERS
 from ..scorers.fusion import fuse
@@ -47,3 +52,22 @@ def run(cfg: ScoreStage, art: ModelArtifact, tune: ImageSet, cache: StageCache |
         seconds[name] = round(time.perf_counter() - t0, 3)
     combined = per_method[methods[0][0]] if len(methods) == 1 else fuse(per_method, cfg.fusion)
     return ScoreOutcome(combined, per_method, seconds)
+
+
+@register_stage("score", 30, "score every conv channel's suspicion with the configured scorers (nothing is pruned)")
+class Score:
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return cfg.stages.score.enabled
+
+    def run(self, cfg: PipelineConfig, state: RunState, ctx: RunContext) -> dict[str, Any]:
+        outcome = run(cfg.stages.score, state.model, state.inputs.tune, ctx.cache)
+        scores = outcome.combined
+        ctx.write_json("scores.json", {**scores.to_json(), "per_method": {
+            name: s.to_json() for name, s in outcome.per_method.items()}}, "score")
+        score_histograms(scores, ctx.out_dir / "scores.png", cfg.name)
+        ctx.tracker.log_file(ctx.out_dir / "scores.png", "score")
+        ctx.tracker.log_metrics({"flagged": scores.num_flagged(), "channels": scores.num_channels(),
+                                 **{f"seconds_{k}": v for k, v in outcome.seconds.items()}})
+        state.scored, state.scores = outcome, scores
+        return {"score": {"method": scores.method, "flagged": scores.num_flagged(), "channels": scores.num_channels(),
+                          "seconds": outcome.seconds}}

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
 from ..artifacts import ChannelScores, ModelArtifact
-from ..config import PruneStage
+from ..config import PipelineConfig, PruneStage
+from ..context import RunContext
+from ..core.stage import register_stage
+from ..core.state import RunState
 from ..data import ImageSet
 from ..evaluate import accuracy, torch_predictor
+from ..scan import inverted_asr, reinverted
 from ..scorers import SCORERS
-from .prune import Prepared, masked_model
+from .prune import Prepared, masked_model, prepare
 
 
 @dataclass(frozen=True)
@@ -101,3 +105,31 @@ class _Candidate:
         norm, flagged = reinverted(self.masked)
         self.row.update(reinverted_norm=norm, reinverted_flagged=float(flagged))  # the trace holds floats only
         return flagged
+
+
+@register_stage("select", 40, "choose how many channels to prune on the tune split (accuracy budget, trigger-free "
+                "tie-breaks when the scan flagged the model)")
+class Select:
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return cfg.stages.prune.enabled and cfg.stages.score.enabled
+
+    def run(self, cfg: PipelineConfig, state: RunState, ctx: RunContext) -> dict[str, Any]:
+        found, src, tune = state.scan, state.source, state.inputs.tune
+        prep = prepare(state.model)
+
+        def inverted(m: nn.Module) -> float:  # the tie-break: how well the scan's trigger still works
+            return inverted_asr(torch_predictor(m, src.contract, ctx.device), found, tune, src.contract.num_classes,
+                                label="ITASR (tune)")
+
+        def fresh(m: nn.Module) -> tuple[float, bool]:  # and whether a fresh inversion still finds one
+            return reinverted(m, found, tune, src.contract, cfg.stages.scan, ctx.device)
+
+        flagged = found is not None and found.flagged
+        reinvert = found is not None and found.kind == "patch" and cfg.stages.prune.select.reinvert
+        chosen = run(cfg.stages.prune, state.model, state.scores, tune, prep, ctx.device,
+                     None if found is None else found.flagged, inverted if flagged else None,
+                     fresh if reinvert else None)
+        for i, row in enumerate(chosen.trace):
+            ctx.tracker.log_metrics({"select_tune_acc": row["tune_acc"], "select_flagged": row["flagged"]}, step=i)
+        state.selection, state.prepared, state.scores = chosen, prep, chosen.scores
+        return {}
