@@ -39,9 +39,9 @@ from harden.zoo import poisoned_training_set  # noqa: E402
 CONTRACT = InputContract((3, 16, 16), (0.5,) * 3, (0.25,) * 3, ("a", "b", "c", "d"))
 VOLATILE = {"seconds", "path", "mlflow", "latency", "latency_vs_fp32", "config", "resumed_from_cache", "out_dir",
             "harden_version", "sha256"}  # sha256: the pipeline hash covers paths, ONNX files carry it
-SMALL = ["device=cpu", "stages.scan.epochs=4", "stages.scan.steps_per_epoch=2", "stages.scan.warp.steps=10",
-         "stages.scan.grating.directions=6", "stages.scan.grating.images=40", "stages.finetune.epochs=2",
-         "stages.finetune.batch_size=32",
+SMALL_SCAN = {"neural_cleanse": ["epochs=4", "steps_per_epoch=2"], "warp": ["steps=10"],
+              "grating": ["directions=6", "images=40"]}
+SMALL = ["device=cpu", "stages.finetune.epochs=2", "stages.finetune.batch_size=32",
          "stages.polarize.epochs=2", "stages.export.latency_batches=[1]", "tracking.enabled=false"]
 
 
@@ -93,11 +93,19 @@ def record(out: Path, ws: Path) -> None:
             sets = SMALL + [f"model.path={folder}", f"data.clean.path={ws / 'clean.npz'}",
                             f"data.test.path={ws / 'test.npz'}",
                             "stages.verify.triggers.patch={kind: patch, target: 0, size: 3, value: 1.0}"]
-            result = run_pipeline(load_pipeline(yaml, sets), ws / "runs" / f"{yaml.stem}-{label}")
+            cfg = load_pipeline(yaml, sets + small_scan(yaml, sets))
+            result = run_pipeline(cfg, ws / "runs" / f"{yaml.stem}-{label}")
             graph = graph_sha256(Path(result.report["onnx"]["path"])) if "onnx" in result.report else None
             figures[f"{yaml.stem}/{label}"] = {"report": stable(result.report), "onnx_graph_sha256": graph}
             print(f"{yaml.stem}/{label}: onnx graph {graph and graph[:12]}", flush=True)
     out.write_text(json.dumps(figures, indent=1, sort_keys=True))
+
+
+def small_scan(yaml: Path, sets: list[str]) -> list[str]:
+    """Small settings for the detectors the YAML runs (naming a detector's setting would turn that detector on)."""
+    scan = load_pipeline(yaml, sets).stages.scan
+    return [f"stages.scan.detectors.{name}.{kv}" for name, _ in scan.configured() for kv in SMALL_SCAN.get(name, [])
+            ] if scan.enabled else []
 
 
 def graph_sha256(path: Path) -> str:

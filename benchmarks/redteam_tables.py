@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-DETECTORS = {  # detector -> the class it flags in a report's scan summary (None: not flagged)
-    "neural cleanse": lambda s: s.get("patch_target"),
-    "warp inversion": lambda s: (s.get("warp") or {}).get("target"),
-    "grating scan": lambda s: (s.get("grating") or {}).get("target"),
-    "verdict (any)": lambda s: s.get("target") if s.get("flagged") else None,
-}
+VERDICT = "verdict (any)"
+
+
+def flagged_by(scan: dict[str, Any], detector: str) -> int | None:
+    """The class ``detector`` flags in a report's scan summary (None: not flagged, or it did not run)."""
+    if detector == VERDICT:
+        return scan.get("target") if scan.get("flagged") else None
+    return scan.get("detectors", {}).get(detector, {}).get("target")
 
 
 def pct(v: float | None) -> str:
@@ -75,7 +77,11 @@ def detection(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = [r for r in rows if r["split"] == split and r.get("scan") is not None]
         if not mine:
             continue
-        for name, flagged in DETECTORS.items():
+        names = dict.fromkeys(n for r in mine for n in r["scan"].get("detectors", {}))
+        for name in [*names, VERDICT]:
+            def flagged(scan: dict[str, Any], name: str = name) -> int | None:
+                return flagged_by(scan, name)
+
             bad = [r for r in mine if r["attack"] != "clean"]
             clean = [r for r in mine if r["attack"] == "clean"]
             hits = [r for r in bad if flagged(r["scan"]) is not None]

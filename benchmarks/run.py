@@ -138,6 +138,11 @@ def trigger_floors(folders: list[Path], test_path: Path | None) -> dict[str, flo
 STAGE_SECONDS = ("scan", "score", "prune", "polarize", "finetune", "total")
 
 
+def stage_seconds(seconds: dict[str, float], stage: str) -> float:
+    """A stage's seconds; "prune" includes the selection, which runs as its own stage since the stage interface."""
+    return seconds.get(stage, 0) + (seconds.get("select", 0) if stage == "prune" else 0)
+
+
 def pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f}"
 
@@ -157,7 +162,7 @@ def markdown(rows: list[dict[str, Any]], floors: dict[str, float] | None = None)
             f"{pct(r['asr_before'])} → {pct(r['asr_after'])}", pct(r["robust_acc_after"]),
             "—" if r["der"] is None else f"{100 * r['der']:.1f}",
             f"{r['params_after'] / r['params_before']:.2f}", f"{r['macs_after'] / r['macs_before']:.2f}", lat,
-            " / ".join(f"{s.get(k, 0):.0f}" for k in STAGE_SECONDS),
+            " / ".join(f"{stage_seconds(s, k):.0f}" for k in STAGE_SECONDS),
         ]) + " |")
     quantised = [r for r in rows if "int8" in r]
     if quantised:

@@ -94,21 +94,26 @@ def validate(pipeline: Path, overrides: tuple[str, ...]) -> None:
 
 @cli.command("list")
 def list_cmd() -> None:
-    """List registered architectures, scorers, trigger kinds and stages."""
+    """List registered architectures, detectors, scorers, trigger kinds and stages."""
     from rich.console import Console
     from rich.table import Table
 
+    from . import stages  # noqa: F401  (registers the built-in stages)
     from .attacks import ATTACKS, TRIGGERS
+    from .core.stage import STAGES, ordered
+    from .detect import DETECTORS
     from .models import list_architectures
     from .scorers import SCORERS
 
     con = Console()
     for title, rows in (
         ("architectures", list_architectures()),
+        ("detectors (stages.scan.detectors)", [(e.name, e.description) for e in DETECTORS.entries()]),
         ("scorers", [(e.name, e.description) for e in SCORERS.entries()]),
         ("trigger kinds", [(e.name, e.description) for e in TRIGGERS.entries()]),
         ("attacks (harden zoo train)", [("clean", "no attack")] + [(e.name, e.description) for e in ATTACKS.entries()]),
-        ("stages", STAGES),
+        ("stages, in order", [(s.name, {e.name: e.description for e in STAGES.entries()}[s.name])
+                              for s in ordered()]),
     ):
         t = Table(title=title, title_justify="left")
         t.add_column("name")
@@ -262,23 +267,6 @@ def zoo_train(attack: str, out: Path, arch: str, width: int, train_path: Path | 
     asr = "—" if report["asr"] is None else f"{100 * report['asr']:.2f}%"
     click.echo(f"{out}: clean accuracy {100 * report['clean_acc']:.2f}%, ASR {asr}, "
                f"{report['poisoned_images']} poisoned images, {report['train_seconds']} s")
-
-
-STAGES = [
-    ("ingest", "load the model safely (safetensors, weights-only .pt, TorchScript/.pt2/ONNX weights, models:/ URIs) "
-               "and the data; split clean data tune/held-out"),
-    ("scan", "optional Neural Cleanse: is there a class a tiny trigger reaches? (sets the pruning budget, ITASR)"),
-    ("score", "score every conv channel for backdoor suspicion with the configured scorer(s); fuse several"),
-    ("prune", "physically remove flagged channels with torch-pruning; round widths; zero coupled branches"),
-    ("polarize", "optional Neural Polarizer: a learned 1x1 conv + BN on the feature path, folded for export"),
-    ("finetune", "SGD + cosine on the tune split, early stopping on the held-out split (optional MCL term)"),
-    ("export", "ONNX (dynamo, legacy fallback), checker, onnxslim, metadata, onnxruntime parity"),
-    ("verify", "clean accuracy and ASR of the named triggers, before and after (on the ONNX when exported)"),
-    ("rescan", "optional: a fresh Neural Cleanse scan of the hardened model"),
-    ("latency", "hardened vs source ONNX latency at batch 1 and 64, measured side by side"),
-    ("int8", "optional onnxruntime static INT8, calibrated on the tune split, verified again"),
-    ("gate", "optional: thresholds on the report; exit code 3 and no promotion alias when a check fails"),
-]
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from .scorers import SCORERS
 from .gate import GateConfig
 from .int8 import Int8Config
 from .polarizer import PolarizeConfig
-from .scan import ScanConfig
+from .detect import ScanConfig
 from .scorers.fusion import FusionConfig
 
 M = TypeVar("M", bound=StrictModel)
@@ -105,15 +105,15 @@ class SelectPolicy(StrictModel):
         "e.g. CLP z-scores 3.0 ... 2.0, ANP 1 - mask 0.9 ... 0.5)")
     max_relative_drop: float = Field(0.10, gt=0, lt=1, description="largest relative tune-accuracy drop, before repair")
     unflagged_relative_drop: Optional[float] = Field(
-        None, ge=0, lt=1, description="the budget instead, when a Neural Cleanse scan ran and found no backdoor "
+        None, ge=0, lt=1, description="the budget instead, when the scan ran and no detector flagged the model "
         "(algorithms.md §7: data-free stages still run, with tighter budgets)")
     itasr_tolerance: Optional[float] = Field(
         None, ge=0, le=1, description="when the scan flagged the model, a trigger-free tie-break: among candidates "
         "within budget, take the least pruning one whose inverted-trigger ASR on the tune split is within this of "
         "the lowest (null: always the most pruning candidate within budget)")
     reinvert: bool = Field(
-        False, description="with itasr_tolerance, when the scan's patch verdict stands: invert the suspected target "
-        "afresh on each such candidate (least pruning first, about a tenth of a scan each) and take the first that "
+        False, description="with itasr_tolerance, when the verdict's detector can (Neural Cleanse): invert the "
+        "suspected target afresh on each such candidate (least pruning first, about a tenth of a scan each) and take the first that "
         "the verdict no longer flags, else the most pruning candidate within budget; catches a backdoor whose "
         "inverted patch stops working while the real trigger (e.g. a full-image blend) still does")
 
@@ -189,7 +189,7 @@ class FinetuneStage(StrictModel):
                                           "that patch and warp inversions miss")
     grating_unlearn_on: Literal["always", "grating_verdict"] = Field(
         "always", description="always: on every model (it costs clean models accuracy too); grating_verdict: only "
-        "when the scan's grating verdict stands (scan.grating), in place of MCL and trigger unlearning on its one "
+        "when the scan's grating verdict stands (detectors.grating), in place of MCL and trigger unlearning on its one "
         "peak grating")
     grating_amplitude: float = Field(0.1, gt=0, le=1, description="largest peak amplitude of a grating, raw pixels")
     grating_max_freq: float = Field(12.0, ge=1, le=64, description="highest grating frequency, cycles per image width")
@@ -229,7 +229,8 @@ class VerifyStage(StrictModel):
 
 
 class Stages(StrictModel):
-    scan: ScanConfig = Field(default_factory=ScanConfig, description="Neural Cleanse: is the model backdoored?")
+    scan: ScanConfig = Field(default_factory=ScanConfig, description="trigger-free detectors: is the model "
+                             "backdoored, towards which class?")
     score: ScoreStage = Field(default_factory=ScoreStage)
     prune: PruneStage = Field(default_factory=PruneStage)
     polarize: PolarizeConfig = Field(default_factory=PolarizeConfig, description="Neural Polarizer (off by default)")

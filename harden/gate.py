@@ -83,12 +83,10 @@ def evaluate(cfg: GateConfig, report: dict[str, Any]) -> list[GateCheck]:
         else:
             flagged = bool(rescan["flagged"])
             verdict = f"still flags class {rescan['target']}" if flagged else "finds no backdoor"
-            detail = f", warp success {rescan['warp']['max_success']:.2f}" if "warp" in rescan else ""
-            if "grating" in rescan:
-                detail += f", grating gap {rescan['grating']['max_gap']:.2f}"
+            detail = ", ".join(f"{name} {'flags' if f['target'] is not None else 'clear'}, statistic "
+                               f"{f['statistic']:.2f}" for name, f in rescan.get("detectors", {}).items())
             checks.append(GateCheck("rescan", float(flagged), 0, not flagged,
-                                    f"fresh scan of the hardened model {verdict} (anomaly "
-                                    f"{rescan['max_anomaly']:.2f}, norm ratio {rescan['min_norm_ratio']:.2f}{detail})"))
+                                    f"fresh scan of the hardened model {verdict}" + (f" ({detail})" if detail else "")))
     int8 = report.get("int8")
     if int8 is not None:  # the INT8 file ships too: the same limits apply to it
         for trig in sorted(set(int8["asr"]) | set(cfg.max_asr_per_trigger)):

@@ -40,48 +40,20 @@ def score_histograms(scores: ChannelScores, path: Path, title: str) -> None:
 
 
 def inverted_triggers(result, labels: tuple[str, ...], path: Path) -> None:
-    """Neural Cleanse's best trigger per class (mask * pattern), with its norm and anomaly index; when the warp
-    inversion ran, a row with each class's displacement field (arrows, in pixels) and its success rate; when the
-    grating scan ran, a row with each class's peak grating and its success against the far gratings'."""
+    """One row per detector that ran, each drawn by its finding (Neural Cleanse's masked patterns, the warp fields,
+    the peak gratings, ...), each with the class it flags marked *."""
     import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    k = len(result.norms)
-    extra = [r for r in ("warp", "grating") if getattr(result, r) is not None]
-    rows = 1 + len(extra)
+    k = len(labels)
+    rows = max(1, len(result.findings))
     fig, axes = plt.subplots(rows, k, figsize=(1.5 * k, 1.9 * rows), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        img = (result.masks[i][None] * result.patterns[i]).transpose(1, 2, 0)
-        ax.imshow(img.clip(0, 1), interpolation="nearest")
-        mark = " *" if result.patch_target == i else ""
-        ax.set_title(f"{labels[i][:10]}{mark}\nL1 {result.norms[i]:.0f}  A {result.anomaly[i]:.1f}", fontsize=6)
-        ax.axis("off")
-    if result.warp is not None:
-        g = result.warp.fields.shape[-1]
-        yy, xx = np.mgrid[0:g, 0:g]
-        for i, ax in enumerate(axes[1 + extra.index("warp")]):
-            field = result.warp.fields[i]
-            ax.quiver(xx, yy, field[0], -field[1], angles="xy", scale_units="xy", scale=result.warp.max_shift * 1.5)
-            ax.set_xlim(-1, g)
-            ax.set_ylim(g, -1)
-            mark = " *" if result.kind == "warp" and result.target == i else ""
-            ax.set_title(f"{labels[i][:10]}{mark}\nwarp {100 * result.warp.success[i]:.0f}%", fontsize=6)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    if result.grating is not None:
-        gr = result.grating
-        for i, ax in enumerate(axes[1 + extra.index("grating")]):
-            img = 0.5 + gr.pattern(i, result.masks.shape[-2:]).numpy().transpose(1, 2, 0) / (2 * gr.amplitude)
-            ax.imshow(img.clip(0, 1), interpolation="nearest")
-            mark = " *" if result.kind == "grating" and result.target == i else ""
-            ax.set_title(f"{labels[i][:10]}{mark}\ngrating {100 * gr.success[i]:.0f}/{100 * gr.far_success[i]:.0f}%",
-                         fontsize=6)
-            ax.axis("off")
+    for row, finding in zip(axes, result.findings.values()):
+        finding.plot_row(row, labels, finding.target)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -13,7 +13,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+from .checked import NO_TRIGGER
 from .lineage import atomic_write_bytes
+from .summary import detector_rows
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
@@ -113,8 +115,6 @@ def _history(history: list[dict[str, float]]) -> str:
 
 
 def render(report: dict[str, Any], out_dir: Path) -> str:
-    from .checked import NO_TRIGGER
-
     name = html.escape(report["pipeline"]["name"])
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>harden report: {name}</title>"
              f"<style>{STYLE}</style></head><body>",
@@ -130,8 +130,9 @@ def render(report: dict[str, Any], out_dir: Path) -> str:
                   f"</p>", f"<p class='note'>backdoor search: {html.escape(checked['scan'])}</p>",
                   f"<p class='note'>repairs that ran: {html.escape('; '.join(checked['repairs']) or 'none')}</p>"]
     if "scan" in report:
-        parts += ["<h2>Scan</h2>", f"<p>verdict: {html.escape(checked['scan'] if checked else '')}; Neural Cleanse "
-                  f"max anomaly index {report['scan']['max_anomaly']:.2f}</p>",
+        rows = "".join(f"<li>{html.escape(name)}: {html.escape(stat)}, {html.escape(verdict)}</li>"
+                       for name, stat, verdict in detector_rows(report))
+        parts += ["<h2>Scan</h2>", f"<p>verdict: {html.escape(checked['scan'] if checked else '')}</p><ul>{rows}</ul>",
                   _file_img(out_dir / "scan-triggers.png", "inverted triggers, warp fields and gratings per class")]
     if (out_dir / "scores.png").is_file():
         parts += ["<h2>Channel scores</h2>", _file_img(out_dir / "scores.png", "score histograms")]

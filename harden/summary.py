@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import checked
+from .detect import DETECTORS
 
 
 def summary_table(report: dict[str, Any]):
@@ -23,17 +24,8 @@ def summary_table(report: dict[str, Any]):
     t.add_row("held-out clean accuracy", pct(report["heldout_acc"]["before"]), pct(report["heldout_acc"]["after"]))
     for k, v in report.get("asr", {}).items():
         t.add_row(f"ASR {k}", pct(v["before"]), pct(v["after"]))
-    if "scan" in report:
-        s = report["scan"]
-        t.add_row("Neural Cleanse", f"max anomaly {s['max_anomaly']:.2f}",
-                  f"target {s['patch_target']}" if s.get("patch_target") is not None else "not flagged")
-        if "warp" in s:
-            t.add_row("warp inversion", f"max success {pct(s['warp']['max_success'])}",
-                      f"target {s['warp']['target']}" if s["warp"]["target"] is not None else "not flagged")
-        if "grating" in s:
-            g = s["grating"]
-            t.add_row("grating scan", f"max gap {g['max_gap']:.2f}",
-                      f"target {g['target']}" if g["target"] is not None else "not flagged")
+    for row in detector_rows(report):
+        t.add_row(*row)
     if "itasr" in report:
         t.add_row(f"inverted-trigger ASR (class {report['itasr']['target']})", pct(report["itasr"]["before"]),
                   pct(report["itasr"]["after"]))
@@ -43,6 +35,20 @@ def summary_table(report: dict[str, Any]):
         t.add_row("ONNX parity (max |diff|)", "", f"{report['onnx']['max_abs_diff']:.1e}")
     t.add_row("wall time", "", f"{report['seconds']['total']:.0f} s")
     return t
+
+
+def detector_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """One (name, statistic, verdict) row per detector that ran, each worded by the detector itself."""
+    found = report.get("scan", {}).get("detectors", {})
+    return [DETECTORS.get(name).row(summary) if name in DETECTORS else _generic_row(name, summary)
+            for name, summary in found.items()]
+
+
+def _generic_row(name: str, summary: dict[str, Any]) -> tuple[str, str, str]:
+    """A report read where its plug-in detector is not installed."""
+    target = summary.get("target")
+    return name, f"statistic {summary.get('statistic', float('nan')):.2f}", \
+        "not flagged" if target is None else f"target {target}"
 
 
 def render_summary(report: dict[str, Any]) -> str:

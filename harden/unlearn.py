@@ -26,8 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .artifacts import InputContract
-from .gratingscan import sine_waves
-from .scan import ApplyTrigger, ScanResult
+from .detect import ScanResult
+from .detect.base import ApplyTrigger
+from .detect.grating import sine_waves
 from .train import frozen_copy
 
 

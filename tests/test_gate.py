@@ -99,17 +99,19 @@ def test_int8_and_latency_checks_need_the_export(tiny_workspace):
 
 def test_rescan_check_fails_while_a_fresh_scan_still_flags():
     cfg = GateConfig(enabled=True, rescan_clean=True)
-    still = {"rescan": {"flagged": True, "target": 0, "max_anomaly": 3.1, "min_norm_ratio": 0.1}}
-    gone = {"rescan": {"flagged": False, "target": None, "max_anomaly": 1.2, "min_norm_ratio": 0.7}}
+    still = {"rescan": {"flagged": True, "target": 0,
+                        "detectors": {"neural_cleanse": {"target": 0, "statistic": 10.0}}}}
+    gone = {"rescan": {"flagged": False, "target": None,
+                       "detectors": {"neural_cleanse": {"target": None, "statistic": 1.4}}}}
     assert not evaluate(cfg, still)[0].passed and "still flags class 0" in evaluate(cfg, still)[0].message
     assert evaluate(cfg, gone)[0].passed
     assert not evaluate(cfg, {})[0].passed
 
 
-def test_rescan_message_names_the_grating_gap_when_the_grating_scan_ran():
+def test_rescan_message_names_every_detector_and_its_statistic():
     cfg = GateConfig(enabled=True, rescan_clean=True)
-    still = {"rescan": {"flagged": True, "target": 0, "max_anomaly": 1.2, "min_norm_ratio": 0.7,
-                        "grating": {"success": [0.9, 0.3], "far_success": [0.2, 0.25], "target": 0,
-                                    "max_gap": 0.70}}}
+    still = {"rescan": {"flagged": True, "target": 0, "detectors": {
+        "neural_cleanse": {"target": None, "statistic": 1.43}, "grating": {"target": 0, "statistic": 0.70}}}}
     check = evaluate(cfg, still)[0]
-    assert not check.passed and "grating gap 0.70" in check.message
+    assert not check.passed and "grating flags, statistic 0.70" in check.message
+    assert "neural_cleanse clear, statistic 1.43" in check.message

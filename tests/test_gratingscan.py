@@ -4,15 +4,16 @@ import torch
 
 from harden.attacks.triggers import SineTrigger
 from harden.config import FinetuneStage
-from harden.gratingscan import GratingScanConfig, GratingScanResult, far_from, grating_scan
+from harden.detect import ScanResult
+from harden.detect.grating import GratingConfig, GratingFinding, far_from, grating_scan
+from harden.detect.neural_cleanse import NeuralCleanseFinding
 from harden.plots import inverted_triggers
-from harden.scan import ScanResult, scan_from_arrays, scan_to_arrays
 from harden.stages.finetune import active_repairs
 
 from .conftest import TINY_CONTRACT
 from .test_unlearn import _fit, _images, _planted
 
-SMALL = GratingScanConfig(enabled=True, amplitude=0.1, directions=12, max_freq=8, freq_step=0.5, images=120)
+SMALL = GratingConfig(amplitude=0.1, directions=12, max_freq=8, freq_step=0.5, images=120)
 
 
 def test_a_planted_sinusoid_is_flagged_with_its_target_direction_and_frequency(tiny_cnn):
@@ -33,27 +34,31 @@ def test_a_model_trained_on_clean_data_is_not_flagged(tiny_cnn):
 
 def test_far_gratings_wrap_around_in_direction():
     angles, freqs = np.array([0.0, 175.0, 90.0, 0.0]), np.array([6.0, 6.0, 6.0, 10.0])
-    cfg = GratingScanConfig(far_angle=25, far_freq=2.5)
+    cfg = GratingConfig(far_angle=25, far_freq=2.5)
     assert far_from(angles, freqs, 0, cfg).tolist() == [False, False, True, True]
 
 
+def _nc(target: int | None) -> NeuralCleanseFinding:
+    return NeuralCleanseFinding([1.0] * 4, [0.0] * 4, [], np.zeros((4, 16, 16), np.float32),
+                                np.zeros((4, 3, 16, 16), np.float32), target)
+
+
 def _grating_verdict() -> ScanResult:
-    g = GratingScanResult(success=[0.9, 0.1, 0.2, 0.1], far_success=[0.2, 0.1, 0.2, 0.1],
-                          peaks=np.array([[0.0, 4.0, 0.5]] * 4), amplitude=0.1, target=0)
-    return ScanResult(norms=[1.0] * 4, anomaly=[0.0] * 4, failed=[], flagged=True, target=0,
-                      masks=np.zeros((4, 16, 16), np.float32), patterns=np.zeros((4, 3, 16, 16), np.float32),
-                      kind="grating", grating=g)
+    g = GratingFinding(success=[0.9, 0.1, 0.2, 0.1], far_success=[0.2, 0.1, 0.2, 0.1],
+                       peaks=np.array([[0.0, 4.0, 0.5]] * 4), amplitude=0.1, target=0, size=(3, 16, 16))
+    return ScanResult({"neural_cleanse": _nc(None), "grating": g})
 
 
 def test_a_grating_verdict_round_trips_stamps_its_peak_grating_and_is_drawn(tmp_path):
-    found = scan_from_arrays(scan_to_arrays(_grating_verdict()))
-    assert found.kind == "grating" and found.grating.target == 0 and found.grating.success[0] == 0.9
+    found = ScanResult.from_arrays(_grating_verdict().to_arrays(), ["neural_cleanse", "grating"])
+    g = found.findings["grating"]
+    assert found.kind == "grating" and found.detector == "grating" and g.target == 0 and g.success[0] == 0.9
     x = torch.full((2, 3, 16, 16), 0.5)
     added = found.stamp(x) - x
     assert 0.08 < float(added.abs().max()) <= 0.1 + 1e-6
     assert torch.allclose(added[:, 0], added[:, 1]) and torch.allclose(added[:, :, 0], added[:, :, 5])  # grey, 0 deg
-    assert found.summary()["grating"]["target"] == 0
-    assert found.summary()["grating"]["max_gap"] == pytest.approx(0.7)  # class 0: 0.9 peak, 0.2 far
+    assert found.summary()["detectors"]["grating"]["target"] == 0
+    assert found.summary()["detectors"]["grating"]["max_gap"] == pytest.approx(0.7)  # class 0: 0.9 peak, 0.2 far
     inverted_triggers(found, TINY_CONTRACT.labels, tmp_path / "scan-triggers.png")
     assert (tmp_path / "scan-triggers.png").stat().st_size > 1000
 
@@ -65,7 +70,7 @@ def test_grating_unlearning_replaces_the_fixed_trigger_repairs_only_on_a_grating
         "grating_unlearn": True, "contrastive": False, "trigger_unlearn": False}
     nothing = {"grating_unlearn": False, "contrastive": False, "trigger_unlearn": False}
     assert active_repairs(on_verdict, None) == nothing
-    patch = ScanResult(**{**_grating_verdict().__dict__, "kind": "patch"})
+    patch = ScanResult({"neural_cleanse": _nc(0), "grating": _grating_verdict().findings["grating"]})
     assert active_repairs(on_verdict, patch) == {"grating_unlearn": False, "contrastive": True, "trigger_unlearn": True}
     without = FinetuneStage(contrastive_weight=1.0)  # no grating hook configured: the peak grating is repaired as is
     assert active_repairs(without, _grating_verdict())["contrastive"]
@@ -84,9 +89,10 @@ def test_pipeline_repairs_what_the_grating_scan_found(tiny_cnn, tiny_workspace):
 
     backdoored, _, _ = _planted(tiny_cnn, SineTrigger(target=0, delta=0.1), epochs=40)
     write_model_folder(tiny_workspace / "model", backdoored)
-    small = [f"stages.scan.grating.{k}={v}" for k, v in SMALL.model_dump().items()]
+    small = [f"stages.scan.detectors.grating.{k}={v}" for k, v in SMALL.model_dump().items()]
     cfg = load_pipeline(tiny_workspace / "pipeline.yaml", [
-        "stages.scan.enabled=true", "stages.scan.epochs=2", "stages.scan.steps_per_epoch=2", *small,
+        "stages.scan.enabled=true", "stages.scan.detectors.neural_cleanse.epochs=2",
+        "stages.scan.detectors.neural_cleanse.steps_per_epoch=2", *small,
         "stages.prune.enabled=false", "stages.finetune.epochs=10", "stages.finetune.patience=10",
         "stages.finetune.contrastive_weight=1.0",
         "stages.finetune.trigger_unlearn_weight=1.0", "stages.finetune.grating_unlearn_weight=2.0",

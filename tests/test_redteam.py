@@ -172,7 +172,8 @@ def test_train_resumes_and_run_writes_the_tables(tmp_path, monkeypatch):
         f"name: tiny\nseed: 0\ndevice: cpu\nmodel: {{path: {root / 'tiny-clean'}}}\n"
         f"data: {{clean: {{path: {data / 'clean.npz'}, heldout_fraction: 0.25}}, "
         f"test: {{path: {data / 'test.npz'}}}}}\n"
-        "stages:\n  scan: {enabled: true, epochs: 3, steps_per_epoch: 2}\n  score: {methods: {clp: {u: 1.0}}}\n"
+        "stages:\n  scan: {enabled: true, detectors: {neural_cleanse: {epochs: 3, steps_per_epoch: 2}}}\n"
+        "  score: {methods: {clp: {u: 1.0}}}\n"
         "  finetune: {epochs: 1, batch_size: 32}\n  export: {latency: false}\ntracking: {enabled: false}\n")
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     redteam.run(spec, root, pipeline, "test", "redteam-tiny", [], tmp_path / "runs", jobs=1, reactivate=True)
@@ -181,7 +182,7 @@ def test_train_resumes_and_run_writes_the_tables(tmp_path, monkeypatch):
     assert rows["tiny-badnets"]["target"] == 2 and rows["tiny-badnets"]["floor"] is not None
     assert rows["tiny-clean"]["asr_after"] is None and rows["tiny-badnets"]["asr_after"] is not None
     assert doc["summary"]["test"]["backdoored"] == 1 and doc["summary"]["test"]["clean"] == 1
-    assert {d["detector"] for d in doc["detection"]} >= {"neural cleanse", "verdict (any)"}
+    assert {d["detector"] for d in doc["detection"]} >= {"neural_cleanse", "verdict (any)"}
     table = (tmp_path / "results" / "redteam-tiny.md").read_text()
     assert "tiny-badnets" in table and "false positives" in table
     assert (tmp_path / "results" / "redteam-tiny-bars.png").is_file()

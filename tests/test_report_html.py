@@ -23,8 +23,9 @@ def full_run(tmp_path_factory):
 
     ws = write_smoke_workspace(tmp_path_factory.mktemp("html"))
     cfg = load_pipeline(ws / "pipeline.yaml", [
-        "stages.scan.enabled=true", "stages.scan.epochs=3", "stages.scan.steps_per_epoch=2",
-        "stages.scan.warp.enabled=true", "stages.scan.grating.enabled=true",
+        "stages.scan.enabled=true", "stages.scan.detectors.neural_cleanse.epochs=3",
+        "stages.scan.detectors.neural_cleanse.steps_per_epoch=2", "stages.scan.detectors.warp={}",
+        "stages.scan.detectors.grating={}",
         "stages.prune.select.policy=accuracy_guard", "stages.finetune.epochs=3", "stages.export.latency=false",
         "gate.enabled=true", "gate.max_asr=1.0", "gate.max_onnx_diff=1e-4"])
     report = run_pipeline(cfg, ws / "out").report

@@ -11,7 +11,8 @@ import pytest
 
 from .test_cli import _mlflow_client
 
-ARGS = ["--set", "stages.scan.enabled=true", "--set", "stages.scan.epochs=3", "--set", "stages.scan.steps_per_epoch=2",
+ARGS = ["--set", "stages.scan.enabled=true", "--set", "stages.scan.detectors.neural_cleanse.epochs=3",
+        "--set", "stages.scan.detectors.neural_cleanse.steps_per_epoch=2",
         "--set", "stages.finetune.epochs=15", "--set", "stages.finetune.patience=15",
         "--set", "stages.export.latency=false"]
 

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 import harden.pipeline as runner
 from harden.cli import cli
 from harden.config import load_pipeline
 from harden.core.stage import STAGES, register_stage
+from harden.detect import DETECTORS, DetectorConfig, register_detector
 from harden.pipeline import run_pipeline
 from harden.scorers import SCORERS
+from harden.summary import render_summary
 
 from .conftest import REPO, backdoored_tiny_model, write_model_folder
 
@@ -56,9 +62,9 @@ def test_a_stage_registered_outside_harden_runs_in_its_place(tiny_workspace):
     assert report["seconds"]["test-probe"] >= 0 and "onnx" in report  # timed in its span; later stages still ran
 
 
-SMALL = ["device=cpu", "tracking.enabled=false", "stages.scan.epochs=8", "stages.scan.steps_per_epoch=4",
-         "stages.scan.warp.steps=10", "stages.scan.grating.directions=6", "stages.scan.grating.images=40",
-         "stages.finetune.max_steps=2", "stages.export.latency=false"]
+SMALL = ["device=cpu", "tracking.enabled=false", "stages.finetune.max_steps=2", "stages.export.latency=false"]
+SMALL_SCAN = {"neural_cleanse": ["epochs=8", "steps_per_epoch=4"], "warp": ["steps=10"],
+              "grating": ["directions=6", "images=40"]}
 
 
 @pytest.mark.parametrize("yaml", ["recommended", "anp", "mcl"])
@@ -68,6 +74,9 @@ def test_score_and_run_choose_the_same_cut(yaml, tiny_workspace, backdoored):
                     f"data.test.path={tiny_workspace / 'test.npz'}"]
     if yaml == "anp":
         sets.append("stages.score.methods.anp.iterations=40")
+    sets += [f"stages.scan.detectors.{name}.{kv}"  # only the YAML's own detectors: naming one turns it on
+             for name, _ in load_pipeline(REPO / "pipelines" / f"{yaml}.yaml", sets).stages.scan.configured()
+             for kv in SMALL_SCAN[name]]
     args = [a for s in sets for a in ("--set", s)]
     res = CliRunner().invoke(cli, ["score", str(REPO / "pipelines" / f"{yaml}.yaml"), "--out",
                                    str(tiny_workspace / "s"), *args])
@@ -85,3 +94,72 @@ def test_score_and_run_choose_the_same_cut(yaml, tiny_workspace, backdoored):
 @pytest.fixture(scope="module")
 def backdoored():
     return backdoored_tiny_model()[0]
+
+
+def test_a_detector_registered_outside_harden_gives_the_verdict_and_its_trigger_is_used(tiny_workspace):
+    class CornerConfig(DetectorConfig):
+        target: int = 2
+
+    @dataclass(frozen=True)
+    class CornerFinding:  # "a white 2x2 corner sends everything to `target`", whatever the model does
+        kind: ClassVar[str] = "patch"
+        detector: ClassVar[str]
+        target: int | None
+
+        def trigger(self):
+            def apply(x, value):
+                x = x.clone()
+                x[..., :2, :2] = value
+                return x
+
+            return torch.tensor(1.0), apply, (0.0, 1.0)
+
+        def statistic(self) -> float:
+            return 9.0
+
+        def summary(self):
+            return {"target": self.target, "statistic": self.statistic()}
+
+        def to_arrays(self):
+            return {"target": np.array(self.target)}
+
+        @classmethod
+        def from_arrays(cls, a):
+            return cls(int(a["target"]))
+
+        def trigger_arrays(self):
+            return {"corner": np.ones((2, 2))}
+
+        def plot_row(self, axes, labels, marked):
+            for ax in axes:
+                ax.axis("off")
+
+    @register_detector("test-corner", "a test's detector")
+    class Corner:
+        config_cls, finding_cls, reinverts = CornerConfig, CornerFinding, False
+
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+        def detect(self, model, data, contract, device):
+            return CornerFinding(self.cfg.target)
+
+        @staticmethod
+        def row(summary):
+            return "corner probe", f"statistic {summary['statistic']:.1f}", f"target {summary['target']}"
+
+    try:
+        cfg = load_pipeline(tiny_workspace / "pipeline.yaml", [
+            "tracking.enabled=false", "stages.finetune.epochs=1", "stages.export.latency=false",
+            "stages.scan.enabled=true", "stages.scan.detectors={test-corner: {target: 2}}",
+            "stages.finetune.trigger_unlearn_weight=0.5"])
+        report = run_pipeline(cfg, tiny_workspace / "out").report
+        summary = render_summary(report)
+    finally:
+        DETECTORS.unregister("test-corner")
+    assert report["scan"]["detector"] == "test-corner" and report["scan"]["target"] == 2
+    assert report["finetune"]["trigger_unlearn"]  # a repair that reads any finding acted on it
+    assert report["itasr"]["detector"] == "test-corner" and 0 <= report["itasr"]["after"] <= 1
+    with np.load(tiny_workspace / "out" / "itasr-trigger.npz") as z:
+        assert z["corner"].shape == (2, 2)
+    assert "corner probe" in summary and "test-corner" in render_summary(report)  # without the plug-in: generic

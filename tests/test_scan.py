@@ -1,4 +1,4 @@
-"""Neural Cleanse scan: the MAD anomaly index, and a planted backdoor found with its target, trigger-free."""
+"""Neural Cleanse: the MAD anomaly index, and a planted backdoor found with its target, trigger-free."""
 
 import json
 
@@ -11,7 +11,9 @@ from harden.attacks.triggers import PatchTrigger
 from harden.data import ImageSet
 from harden.evaluate import torch_predictor
 from harden.models import create_model
-from harden.scan import ScanConfig, anomaly_index, inverted_asr, reinverted, scan, verdict
+from harden.detect import ScanConfig, inverted_asr, scan
+from harden.detect.neural_cleanse import NeuralCleanseConfig, anomaly_index, verdict
+from harden.detect.scan import reinverted
 from harden.train import TrainSettings, train
 from harden.zoo import poisoned_training_set
 
@@ -34,8 +36,9 @@ def test_anomaly_index_is_mad_based_and_ignores_failed_classes():
 ])
 def test_verdict_needs_a_small_norm_and_accepts_a_decisive_ratio_alone(norms, expected):
     norms = np.array(norms)
-    assert verdict(norms, anomaly_index(norms), ScanConfig()) == expected
-    assert verdict(norms, anomaly_index(norms), ScanConfig(decisive_norm_ratio=0)) == (0 if norms[0] == 5 else None)
+    assert verdict(norms, anomaly_index(norms), NeuralCleanseConfig()) == expected
+    assert verdict(norms, anomaly_index(norms), NeuralCleanseConfig(decisive_norm_ratio=0)) == (
+        0 if norms[0] == 5 else None)
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +59,21 @@ def test_scan_flags_the_planted_backdoor_and_its_target(backdoored_tiny):
     with torch.no_grad():  # the backdoor really is there
         stamped = build_trigger(trig)(held.batch01(np.flatnonzero(held.y != 0)))
         assert (model(TINY_CONTRACT.normalize(stamped)).argmax(1) == 0).float().mean() > 0.9
-    result = scan(model, held, TINY_CONTRACT, ScanConfig(enabled=True, epochs=15, steps_per_epoch=4, batch_size=32))
-    assert result.flagged and result.target == 0
-    assert result.masks.shape == (4, 16, 16) and result.patterns.shape == (4, 3, 16, 16)
-    assert 0 <= result.masks.min() and result.masks.max() <= 1
-    assert result.norms[0] == min(result.norms)
+    cfg = ScanConfig(enabled=True, detectors={"neural_cleanse": {"epochs": 15, "steps_per_epoch": 4}})
+    result = scan(model, held, TINY_CONTRACT, cfg)
+    assert result.flagged and result.target == 0 and result.detector == "neural_cleanse" and result.kind == "patch"
+    nc = result.findings["neural_cleanse"]
+    assert nc.masks.shape == (4, 16, 16) and nc.patterns.shape == (4, 3, 16, 16)
+    assert 0 <= nc.masks.min() and nc.masks.max() <= 1
+    assert nc.norms[0] == min(nc.norms) and nc.statistic() > 2
     predict = torch_predictor(model, TINY_CONTRACT, torch.device("cpu"))
     assert inverted_asr(predict, result, held, TINY_CONTRACT.num_classes) > 0.9  # the inversion works
     # a fresh inversion of the target on the same model flags it again; on a model that never saw the trigger it does
     # not (its target norm is no smaller than the backdoored model's other classes')
-    cfg = ScanConfig(enabled=True, epochs=15, steps_per_epoch=4, batch_size=32)
-    norm, flagged = reinverted(model, result, held, TINY_CONTRACT, cfg)
-    assert flagged and norm < 0.5 * np.median(result.norms[1:])
+    norm, flagged = reinverted(result, cfg, model, held, TINY_CONTRACT, torch.device("cpu"))
+    assert flagged and norm < 0.5 * np.median(nc.norms[1:])
     benign = _trained_tiny(ImageSet(*synthetic_images(800, seed=7), "train", "0"), lambda m: 0.0)
-    norm, flagged = reinverted(benign, result, held, TINY_CONTRACT, cfg)
+    norm, flagged = reinverted(result, cfg, benign, held, TINY_CONTRACT, torch.device("cpu"))
     assert np.isfinite(norm) and not flagged, norm
 
 
@@ -82,14 +86,15 @@ def test_pipeline_scan_stage_reports_verdict_itasr_and_tighter_budget(backdoored
     model, _, _ = backdoored_tiny
     write_model_folder(tiny_workspace / "model", model)
     cfg = load_pipeline(tiny_workspace / "pipeline.yaml", [
-        "stages.scan.enabled=true", "stages.scan.epochs=15", "stages.scan.steps_per_epoch=4",
+        "stages.scan.enabled=true", "stages.scan.detectors.neural_cleanse.epochs=15",
+        "stages.scan.detectors.neural_cleanse.steps_per_epoch=4",
         "stages.prune.select.policy=accuracy_guard", "stages.finetune.max_steps=2", "tracking.enabled=false",
         "stages.finetune.contrastive_weight=1.0", "stages.scan.rescan=true", "stages.prune.select.itasr_tolerance=0.05",
         "stages.prune.select.reinvert=true"])
     report = run_pipeline(cfg, tiny_workspace / "out").report
     assert report["scan"]["flagged"] and report["scan"]["target"] == 0
     assert report["finetune"]["contrastive"]  # MCL ran with the inverted trigger
-    assert set(report["rescan"]) >= {"flagged", "max_anomaly", "min_norm_ratio"}  # a fresh scan of the result
+    assert set(report["rescan"]["detectors"]["neural_cleanse"]) >= {"target", "max_anomaly", "min_norm_ratio"}
     assert (tiny_workspace / "out" / "rescan.json").is_file()
     assert report["itasr"]["target"] == 0 and report["itasr"]["before"] > 0.9
     for name in ("scan.json", "scan.npz", "scan-triggers.png"):

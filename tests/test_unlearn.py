@@ -9,7 +9,8 @@ from harden.config import FinetuneStage
 from harden.data import ImageSet
 from harden.evaluate import attack_metrics, torch_predictor
 from harden.train import TrainSettings, train
-from harden.scan import ScanResult
+from harden.detect import ScanResult
+from harden.detect.neural_cleanse import NeuralCleanseFinding
 from harden.unlearn import GratingUnlearn, UniversalUnlearn, random_gratings, trigger_unlearn
 from harden.zoo import poisoned_training_set
 
@@ -38,8 +39,7 @@ def _patch_scan(mask: np.ndarray, pattern: np.ndarray, target: int) -> ScanResul
     """A scan verdict as Neural Cleanse would give it: this mask and pattern for the target class."""
     masks, patterns = np.zeros((4, *mask.shape), np.float32), np.zeros((4, *pattern.shape), np.float32)
     masks[target], patterns[target] = mask, pattern
-    return ScanResult(norms=[1.0] * 4, anomaly=[0.0] * 4, failed=[], flagged=True, target=target, masks=masks,
-                      patterns=patterns, kind="patch")
+    return ScanResult({"neural_cleanse": NeuralCleanseFinding([1.0] * 4, [0.0] * 4, [], masks, patterns, target)})
 
 
 def test_the_re_fitted_pattern_stays_in_range_inside_its_mask_and_pulls_toward_the_target(tiny_cnn):

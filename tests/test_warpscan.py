@@ -12,9 +12,9 @@ from harden.data import ImageSet
 from harden.evaluate import torch_predictor
 from harden.models import create_model
 from harden.plots import inverted_triggers
-from harden.scan import ScanConfig, inverted_asr, scan, scan_from_arrays, scan_to_arrays
+from harden.detect import ScanConfig, ScanResult, inverted_asr, scan
+from harden.detect.warp import WarpConfig, warp_images, warp_scan
 from harden.train import TrainSettings, train
-from harden.warpscan import WarpScanConfig, warp_images, warp_scan
 from harden.zoo import poisoned_training_set
 
 from .conftest import TINY_CONTRACT, synthetic_images
@@ -57,7 +57,7 @@ def test_warp_scan_flags_a_planted_warp_backdoor_with_its_target_and_passes_the_
     with torch.no_grad():  # the backdoor really is there, and only in the poisoned model
         assert (backdoored(TINY_CONTRACT.normalize(build_trigger(trig)(victims))).argmax(1) == 0).float().mean() > 0.9
         assert (clean(TINY_CONTRACT.normalize(build_trigger(trig)(victims))).argmax(1) == 0).float().mean() < 0.2
-    cfg = WarpScanConfig(enabled=True, steps=40, max_shift=1.0)
+    cfg = WarpConfig(steps=40, max_shift=1.0)
     found = warp_scan(backdoored, held, TINY_CONTRACT, cfg)
     assert found.target == 0 and found.success[0] >= cfg.success, found.success
     assert found.fields.shape == (4, 2, 4, 4) and np.abs(found.fields).max() <= 1.0
@@ -68,15 +68,16 @@ def test_warp_scan_flags_a_planted_warp_backdoor_with_its_target_and_passes_the_
 def test_scan_reports_a_warp_verdict_that_itasr_the_figure_and_the_cache_replay(warp_models, tmp_path):
     (backdoored, _), _ = warp_models
     held = ImageSet(*synthetic_images(200, seed=8), "held", "1")
-    cfg = ScanConfig(enabled=True, epochs=2, steps_per_epoch=2, warp=WarpScanConfig(enabled=True, steps=40,
-                                                                                    max_shift=1.0))
+    cfg = ScanConfig(enabled=True, detectors={"neural_cleanse": {"epochs": 2, "steps_per_epoch": 2},
+                                              "warp": {"steps": 40, "max_shift": 1.0}})
     result = scan(backdoored, held, TINY_CONTRACT, cfg)
-    assert result.flagged and result.kind == "warp" and result.target == 0
-    assert result.summary()["warp"]["target"] == 0
+    assert result.flagged and result.kind == "warp" and result.target == 0 and result.detector == "warp"
+    assert result.summary()["detectors"]["warp"]["target"] == 0
     predict = torch_predictor(backdoored, TINY_CONTRACT, torch.device("cpu"))
     assert inverted_asr(predict, result, held, TINY_CONTRACT.num_classes) > 0.5  # ITASR stamps the warp
-    again = scan_from_arrays(scan_to_arrays(result))
-    assert again.kind == "warp" and again.target == 0 and again.warp.max_shift == 1.0
+    again = ScanResult.from_arrays(result.to_arrays(), [name for name, _ in cfg.configured()])
+    assert again.kind == "warp" and again.target == 0 and again.findings["warp"].max_shift == 1.0
+    assert again.summary() == result.summary()
     x = held.batch01(slice(0, 8))
     assert torch.equal(again.stamp(x), result.stamp(x))
     inverted_triggers(result, TINY_CONTRACT.labels, tmp_path / "scan-triggers.png")
@@ -94,8 +95,9 @@ def test_pipeline_repairs_what_the_warp_scan_found(warp_models, tiny_workspace):
     (backdoored, _), _ = warp_models
     write_model_folder(tiny_workspace / "model", backdoored)
     cfg = load_pipeline(tiny_workspace / "pipeline.yaml", [
-        "stages.scan.enabled=true", "stages.scan.epochs=2", "stages.scan.steps_per_epoch=2",
-        "stages.scan.warp.enabled=true", "stages.scan.warp.steps=40", "stages.scan.warp.max_shift=1.0",
+        "stages.scan.enabled=true", "stages.scan.detectors.neural_cleanse.epochs=2",
+        "stages.scan.detectors.neural_cleanse.steps_per_epoch=2", "stages.scan.detectors.warp.steps=40",
+        "stages.scan.detectors.warp.max_shift=1.0",
         "stages.prune.enabled=false", "stages.finetune.epochs=6", "stages.finetune.patience=6",
         "stages.finetune.contrastive_weight=1.0", "stages.finetune.trigger_unlearn_weight=1.0",
         "tracking.enabled=false"])

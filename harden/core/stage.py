@@ -1,9 +1,9 @@
 """The stage protocol and the stage registry: the runner walks whatever is registered, in order, and knows no stage.
 
 A stage reads its own section of the pipeline config, reads and extends the run state, and returns the report
-sections it adds. Order numbers leave room between the built-in stages for plug-ins:
-ingest 10, scan 20, score 30, select 40, prune 50, polarize 60, finetune 70, export 90, verify 110, rescan 120,
-itasr 130, latency 140, int8 150, gate 170, register 180.
+sections it adds. Order numbers leave room between the built-in stages for plug-ins (`harden list` shows them):
+ingest 10, scan 20, score 30, select 40, prune 50, size 55, polarize 60, finetune 70, weights 80, export 90,
+heldout 100, verify 110, rescan 120, itasr 130, latency 140, int8 150, checked 160, gate 170, register 180.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
     from ..artifacts import ChannelScores, ExportResult, ModelArtifact
     from ..data import ImageSet
-    from ..scan import ScanResult
+    from ..detect import ScanResult
     from ..stages.ingest import Inputs
     from ..stages.prune import Prepared
     from ..stages.score import ScoreOutcome

@@ -23,7 +23,7 @@ from ..mcl import ContrastiveHook, kept_features
 from ..progress import console
 from ..resume import StageCache, load_state, state_to_arrays
 from ..sau import SharedAdversarialUnlearn
-from ..scan import ScanResult
+from ..detect import ScanResult
 from ..train import TrainSettings, frozen_copy, train
 from ..unlearn import GratingUnlearn, UniversalUnlearn, softened_kl, trigger_unlearn
 from .polarize import log_history

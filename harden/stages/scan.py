@@ -12,13 +12,14 @@ from ..core.state import RunState
 from ..lineage import write_npz
 from ..plots import inverted_triggers
 from ..resume import StageCache
-from ..scan import ScanResult, inverted_asr, scan, scan_from_arrays, scan_to_arrays
+from ..detect import ScanResult, inverted_asr, scan
 
 
 def _write(found: ScanResult, name: str, ctx: RunContext) -> None:
-    write_npz(ctx.out_dir / f"{name}.npz", masks=found.masks, patterns=found.patterns)
+    write_npz(ctx.out_dir / f"{name}.npz", **found.to_arrays())
     ctx.write_json(f"{name}.json", found.summary())
-    ctx.tracker.log_metrics({"max_anomaly": found.summary()["max_anomaly"], "flagged": float(found.flagged)})
+    ctx.tracker.log_metrics({"flagged": float(found.flagged), **{
+        f"{detector}_statistic": f.statistic() for detector, f in found.findings.items()}})
 
 
 @register_stage("scan", 20, "trigger-free backdoor scan of the suspect model: which class, which kind of trigger")
@@ -28,12 +29,12 @@ class Scan:
 
     def run(self, cfg: PipelineConfig, state: RunState, ctx: RunContext) -> dict[str, Any]:
         src, tune = state.source, state.inputs.tune
-        key = StageCache.key(src.source_sha256, tune.sha256, cfg.stages.scan.model_dump(mode="json"),
-                             ctx.device.type)
+        st = cfg.stages.scan
+        key = StageCache.key(src.source_sha256, tune.sha256, st.model_dump(mode="json"), ctx.device.type)
         cached = ctx.cache.load_arrays("scan", key)
-        found = scan_from_arrays(cached) if cached is not None else scan(src.model, tune, src.contract,
-                                                                         cfg.stages.scan, ctx.device)
-        ctx.cache.save_arrays("scan", key, scan_to_arrays(found))
+        found = (ScanResult.from_arrays(cached, [n for n, _ in st.configured()]) if cached is not None
+                 else scan(src.model, tune, src.contract, st, ctx.device))
+        ctx.cache.save_arrays("scan", key, found.to_arrays())
         _write(found, "scan", ctx)
         inverted_triggers(found, src.contract.labels, ctx.out_dir / "scan-triggers.png")
         for name in ("scan.json", "scan.npz", "scan-triggers.png"):
@@ -64,16 +65,10 @@ class InvertedTriggerAsr:
         found = state.scan
         if found is None or not found.flagged:
             return {}
-        t = found.target
-        if found.kind == "warp" and found.warp is not None:
-            write_npz(ctx.out_dir / "itasr-trigger.npz", field=found.warp.fields[t])
-        elif found.kind == "grating":
-            write_npz(ctx.out_dir / "itasr-trigger.npz", grating=found.trigger()[0].numpy())
-        else:
-            write_npz(ctx.out_dir / "itasr-trigger.npz", mask=found.masks[t], pattern=found.patterns[t])
+        write_npz(ctx.out_dir / "itasr-trigger.npz", **found.verdict.trigger_arrays())
         heldout, k = state.inputs.heldout, state.source.contract.num_classes
         itasr = {name: inverted_asr(p, found, heldout, k, label=f"ITASR ({name})")
                  for name, p in (("before", state.before), ("after", state.after))}
         ctx.tracker.log_metrics({"itasr_before": itasr["before"], "itasr_after": itasr["after"]})
-        return {"itasr": {"target": found.target, "kind": found.kind, **itasr}}
+        return {"itasr": {"target": found.target, "kind": found.kind, "detector": found.detector, **itasr}}
 

@@ -22,7 +22,7 @@ from ..core.stage import register_stage
 from ..core.state import RunState
 from ..data import ImageSet
 from ..evaluate import accuracy, torch_predictor
-from ..scan import inverted_asr, reinverted
+from ..detect.scan import can_reinvert, inverted_asr, reinverted
 from ..scorers import SCORERS
 from .prune import Prepared, masked_model, prepare
 
@@ -122,14 +122,14 @@ class Select:
                                 label="ITASR (tune)")
 
         def fresh(m: nn.Module) -> tuple[float, bool]:  # and whether a fresh inversion still finds one
-            return reinverted(m, found, tune, src.contract, cfg.stages.scan, ctx.device)
+            return reinverted(found, cfg.stages.scan, m, tune, src.contract, ctx.device)
 
         flagged = found is not None and found.flagged
-        reinvert = found is not None and found.kind == "patch" and cfg.stages.prune.select.reinvert
+        reinvert = can_reinvert(found) and cfg.stages.prune.select.reinvert
         chosen = run(cfg.stages.prune, state.model, state.scores, tune, prep, ctx.device,
                      None if found is None else found.flagged, inverted if flagged else None,
                      fresh if reinvert else None)
-        for i, row in enumerate(chosen.trace):
-            ctx.tracker.log_metrics({"select_tune_acc": row["tune_acc"], "select_flagged": row["flagged"]}, step=i)
+        for i, row in enumerate(chosen.trace):  # top_fraction's one row has no accuracy: it measured none
+            ctx.tracker.log_metrics({f"select_{k}": row[k] for k in ("tune_acc", "flagged") if k in row}, step=i)
         state.selection, state.prepared, state.scores = chosen, prep, chosen.scores
         return {}

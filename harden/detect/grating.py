@@ -20,22 +20,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 from pydantic import Field
 
-from .artifacts import InputContract
-from .base import StrictModel
-from .data import ImageSet
-from .progress import track
-from .train import frozen_copy
+from ..artifacts import InputContract
+from ..data import ImageSet
+from ..progress import track
+from ..train import frozen_copy
+from .base import DetectorConfig, Trigger, marker, register_detector
 
 
-class GratingScanConfig(StrictModel):
-    enabled: bool = Field(False, description="also look for a grating that reaches one class from everywhere "
-                          "(finds SIG-style periodic triggers)")
+class GratingConfig(DetectorConfig):
+    """The grating scan (finds SIG-style periodic triggers)."""
+
     amplitude: float = Field(0.08, gt=0, le=0.5, description="peak of every grating, raw pixels")
     directions: int = Field(24, ge=1, description="grating directions over 180 degrees")
     max_freq: float = Field(16.0, ge=1, description="highest frequency, cycles per image width (grid from 1)")
@@ -50,18 +51,84 @@ class GratingScanConfig(StrictModel):
 
 
 @dataclass(frozen=True)
-class GratingScanResult:
+class GratingFinding:
+    kind: ClassVar[str] = "grating"
+    detector: ClassVar[str]
     success: list[float]  # per class: the best grating's share of the other classes' images sent to the class
     far_success: list[float]  # per class: the best share among gratings far from that peak
     peaks: np.ndarray  # (K, 3): direction (degrees), frequency (cycles per width), phase (radians) of each peak
     amplitude: float
     target: int | None  # the class with the largest gap between its peak and the far gratings, when >= min_gap
+    size: tuple[int, int, int]  # C, H, W of the images the gratings are added to
 
-    def pattern(self, cls: int, size: tuple[int, int], channels: int = 3) -> torch.Tensor:
+    def pattern(self, cls: int) -> torch.Tensor:
         """The class's peak grating as an additive (C, H, W) pattern in raw pixels."""
         angle, freq, phase = (float(v) for v in self.peaks[cls])
-        return gratings(torch.tensor([angle]), torch.tensor([freq]), torch.tensor([phase]), size,
-                        self.amplitude)[0].expand(channels, -1, -1)
+        return gratings(torch.tensor([angle]), torch.tensor([freq]), torch.tensor([phase]), self.size[1:],
+                        self.amplitude)[0].expand(self.size[0], -1, -1)
+
+    def trigger(self) -> Trigger:
+        """The flagged class's peak grating, added to the image; its range is the grating's amplitude."""
+        a = self.amplitude
+        return self.pattern(self.target), _add, (-a, a)
+
+    def gaps(self) -> list[float]:
+        return [a - b for a, b in zip(self.success, self.far_success)]
+
+    def statistic(self) -> float:
+        return max(self.gaps())
+
+    def summary(self) -> dict[str, Any]:
+        return {"target": self.target, "statistic": self.statistic(), "success": self.success,
+                "far_success": self.far_success, "max_gap": self.statistic(),
+                "peaks": {"direction_deg": self.peaks[:, 0].tolist(), "cycles": self.peaks[:, 1].tolist()}}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"success": np.array(self.success), "far_success": np.array(self.far_success), "peaks": self.peaks,
+                "amplitude": np.array(self.amplitude), "target": np.array(-1 if self.target is None else self.target),
+                "size": np.array(self.size)}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> GratingFinding:
+        t = int(a["target"])
+        return cls(a["success"].tolist(), a["far_success"].tolist(), a["peaks"], float(a["amplitude"]),
+                   None if t < 0 else t, tuple(int(v) for v in a["size"]))
+
+    def trigger_arrays(self) -> dict[str, np.ndarray]:
+        return {"grating": self.pattern(self.target).numpy()}
+
+    def plot_row(self, axes, labels: tuple[str, ...], marked: int | None) -> None:
+        """Each class's peak grating and its success against the far gratings'."""
+        for i, ax in enumerate(axes):
+            img = 0.5 + self.pattern(i).numpy().transpose(1, 2, 0) / (2 * self.amplitude)
+            ax.imshow(img.clip(0, 1), interpolation="nearest")
+            ax.set_title(f"{labels[i][:10]}{marker(i, marked)}\ngrating {100 * self.success[i]:.0f}/"
+                         f"{100 * self.far_success[i]:.0f}%", fontsize=6)
+            ax.axis("off")
+
+
+@register_detector("grating", "grating scan: faint gratings over direction and frequency; flags a class one "
+                   "specific grating reaches far better than the others (SIG-style periodic triggers)")
+class Grating:
+    config_cls = GratingConfig
+    finding_cls = GratingFinding
+    reinverts = False
+
+    def __init__(self, cfg: GratingConfig):
+        self.cfg = cfg
+
+    def detect(self, model: nn.Module, data: ImageSet, contract: InputContract,
+               device: torch.device) -> GratingFinding:
+        return grating_scan(model, data, contract, self.cfg, device)
+
+    @staticmethod
+    def row(summary: dict[str, Any]) -> tuple[str, str, str]:
+        flagged = f"target {summary['target']}" if summary["target"] is not None else "not flagged"
+        return "grating scan", f"max gap {summary['max_gap']:.2f}", flagged
+
+
+def _add(x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    return (x + pattern[None]).clamp(0, 1)
 
 
 def sine_waves(theta: torch.Tensor, freq: torch.Tensor, phase: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -79,7 +146,7 @@ def gratings(angle_deg: torch.Tensor, freq: torch.Tensor, phase: torch.Tensor, s
     return amplitude * sine_waves(angle_deg * math.pi / 180, freq, phase, size)[:, None]
 
 
-def _grid(cfg: GratingScanConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _grid(cfg: GratingConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     angles = torch.arange(cfg.directions).float() * 180 / cfg.directions
     freqs = torch.arange(1.0, cfg.max_freq + 1e-6, cfg.freq_step)
     a, f = torch.meshgrid(angles, freqs, indexing="ij")
@@ -87,14 +154,14 @@ def _grid(cfg: GratingScanConfig, gen: torch.Generator) -> tuple[torch.Tensor, t
     return a.flatten(), f.flatten(), phase
 
 
-def far_from(angles: np.ndarray, freqs: np.ndarray, peak: int, cfg: GratingScanConfig) -> np.ndarray:
+def far_from(angles: np.ndarray, freqs: np.ndarray, peak: int, cfg: GratingConfig) -> np.ndarray:
     """Gratings at least `far_angle` degrees (directions wrap at 180) or `far_freq` cycles from grating ``peak``."""
     d = np.abs(angles - angles[peak])
     return (np.minimum(d, 180 - d) > cfg.far_angle) | (np.abs(freqs - freqs[peak]) > cfg.far_freq)
 
 
-def grating_scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: GratingScanConfig,
-                 device: torch.device = torch.device("cpu")) -> GratingScanResult:
+def grating_scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: GratingConfig,
+                 device: torch.device = torch.device("cpu")) -> GratingFinding:
     model = frozen_copy(model).to(device)
     k = contract.num_classes
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -120,5 +187,5 @@ def grating_scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg:
     gap = peak - far
     target = int(np.argmax(gap)) if gap.max() >= cfg.min_gap else None
     peaks = np.stack([a[best], f[best], phases.numpy()[best]], 1)
-    return GratingScanResult(success=[float(v) for v in peak], far_success=[float(v) for v in far], peaks=peaks,
-                             amplitude=cfg.amplitude, target=target)
+    return GratingFinding(success=[float(v) for v in peak], far_success=[float(v) for v in far], peaks=peaks,
+                          amplitude=cfg.amplitude, target=target, size=contract.input_size)

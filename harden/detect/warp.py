@@ -1,6 +1,6 @@
 """Warp inversion: is there a class that one tiny, smooth warp of the image reaches from everywhere?
 
-Neural Cleanse (scan.py) looks for a small *patch*. Warping triggers (WaNet) move every pixel by a fraction of a pixel
+Neural Cleanse (neural_cleanse.py) looks for a small *patch*. Warping triggers (WaNet) move every pixel by a fraction of a pixel
 along a smooth field; no patch is small, so Neural Cleanse passes them. This is the same question asked of the warp
 family: for every class at once, fit one smooth displacement field (a k x k grid of control points, bicubic-upsampled,
 each displacement bounded by `max_shift` pixels) that sends the clean images to that class, then measure how often it
@@ -12,6 +12,7 @@ model's classes are all hard to reach with a sub-pixel warp (zoo, 0.5 px bound, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -19,15 +20,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from .artifacts import InputContract
-from .base import StrictModel
-from .data import ImageSet
-from .progress import track
-from .train import frozen_copy
+from ..artifacts import InputContract
+from ..data import ImageSet
+from ..progress import track
+from ..train import frozen_copy
+from .base import DetectorConfig, Trigger, marker, register_detector
 
 
-class WarpScanConfig(StrictModel):
-    enabled: bool = Field(False, description="also invert a smooth warp per class (finds WaNet-style triggers)")
+class WarpConfig(DetectorConfig):
+    """The warp inversion (finds WaNet-style triggers)."""
+
     grid: int = Field(4, ge=2, le=32, description="control points per side of the displacement field")
     max_shift: float = Field(0.5, gt=0, le=4, description="largest displacement of a control point, in pixels")
     steps: int = Field(80, ge=1, description="optimisation steps (each stamps one batch with every class's warp)")
@@ -39,11 +41,69 @@ class WarpScanConfig(StrictModel):
 
 
 @dataclass(frozen=True)
-class WarpScanResult:
+class WarpFinding:
+    kind: ClassVar[str] = "warp"
+    detector: ClassVar[str]
     success: list[float]  # per class: share of the other classes' images its fitted warp sends to it
     fields: np.ndarray  # (K, 2, grid, grid) displacement of each control point in pixels (x, y)
     target: int | None  # the class whose warp succeeds most, when it reaches cfg.success
     max_shift: float  # the bound the fields were fitted under (pixels)
+
+    def trigger(self) -> Trigger:
+        """The flagged class's control points."""
+        s = self.max_shift
+        return torch.from_numpy(self.fields[self.target]), warp_images, (-s, s)
+
+    def statistic(self) -> float:
+        return max(self.success)
+
+    def summary(self) -> dict[str, Any]:
+        return {"target": self.target, "statistic": self.statistic(), "success": self.success,
+                "max_success": max(self.success)}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"success": np.array(self.success), "fields": self.fields, "max_shift": np.array(self.max_shift),
+                "target": np.array(-1 if self.target is None else self.target)}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> WarpFinding:
+        t = int(a["target"])
+        return cls(a["success"].tolist(), a["fields"], None if t < 0 else t, float(a["max_shift"]))
+
+    def trigger_arrays(self) -> dict[str, np.ndarray]:
+        return {"field": self.fields[self.target]}
+
+    def plot_row(self, axes, labels: tuple[str, ...], marked: int | None) -> None:
+        """Each class's displacement field (arrows, in pixels) and its success rate."""
+        g = self.fields.shape[-1]
+        yy, xx = np.mgrid[0:g, 0:g]
+        for i, ax in enumerate(axes):
+            field = self.fields[i]
+            ax.quiver(xx, yy, field[0], -field[1], angles="xy", scale_units="xy", scale=self.max_shift * 1.5)
+            ax.set_xlim(-1, g)
+            ax.set_ylim(g, -1)
+            ax.set_title(f"{labels[i][:10]}{marker(i, marked)}\nwarp {100 * self.success[i]:.0f}%", fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+
+
+@register_detector("warp", "warp inversion: one smooth sub-pixel warp per class; flags a class it reaches from "
+                   "everywhere (WaNet-style triggers)")
+class Warp:
+    config_cls = WarpConfig
+    finding_cls = WarpFinding
+    reinverts = False
+
+    def __init__(self, cfg: WarpConfig):
+        self.cfg = cfg
+
+    def detect(self, model: nn.Module, data: ImageSet, contract: InputContract, device: torch.device) -> WarpFinding:
+        return warp_scan(model, data, contract, self.cfg, device)
+
+    @staticmethod
+    def row(summary: dict[str, Any]) -> tuple[str, str, str]:
+        flagged = f"target {summary['target']}" if summary["target"] is not None else "not flagged"
+        return "warp inversion", f"max success {100 * summary['max_success']:.2f}%", flagged
 
 
 def warp_images(x: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
@@ -56,8 +116,8 @@ def warp_images(x: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid.expand(len(x), -1, -1, -1), align_corners=True)
 
 
-def warp_scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: WarpScanConfig,
-              device: torch.device = torch.device("cpu")) -> WarpScanResult:
+def warp_scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: WarpConfig,
+              device: torch.device = torch.device("cpu")) -> WarpFinding:
     model = frozen_copy(model).to(device)
     k = contract.num_classes
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -85,5 +145,5 @@ def warp_scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: Wa
                 hits += int((model(contract.normalize(warp_images(x, fields[c]))).argmax(1) == c).sum())
             success.append(hits / max(len(idx), 1))
     best = int(np.argmax(success))
-    return WarpScanResult(success=[float(s) for s in success], fields=fields.cpu().numpy(),
+    return WarpFinding(success=[float(s) for s in success], fields=fields.cpu().numpy(),
                           target=best if success[best] >= cfg.success else None, max_shift=cfg.max_shift)

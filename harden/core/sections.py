@@ -1,0 +1,52 @@
+"""A YAML mapping keyed by plug-in name, one optional settings section each (`stages.scan.detectors`): the built-in
+plug-ins are typed fields (exact key paths in errors, generated docs), and a plug-in registered later, by a user's
+own code, is accepted under its name and validated by its own config class."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, ClassVar, Iterator, Optional
+
+from pydantic import ConfigDict, ValidationError, create_model, model_validator
+
+from ..base import StrictModel
+from ..registry import Registry
+
+
+class PluginSections(StrictModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    registry: ClassVar[Registry]  # set on each subclass: the plug-ins, each with a `config_cls`
+
+    @model_validator(mode="before")
+    @classmethod
+    def _later_plugins(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, raw in data.items():
+            if name in cls.model_fields:
+                continue
+            if name not in cls.registry:
+                hint = difflib.get_close_matches(name, cls.registry.names(), n=1)
+                raise ValueError(f"unknown {cls.registry.kind} {name!r}" + (f"; did you mean {hint[0]!r}?" if hint
+                                 else "") + f" Known: {', '.join(cls.registry.names())}")
+            try:
+                out[name] = cls.registry.get(name).config_cls.model_validate(raw or {})
+            except ValidationError as exc:
+                raise ValueError(f"{name}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                                         for e in exc.errors())) from None
+        return out
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """(name, settings) of every section given, built-in plug-ins first."""
+        for name in type(self).model_fields:
+            if getattr(self, name) is not None:
+                yield name, getattr(self, name)
+        yield from (self.model_extra or {}).items()
+
+
+def plugin_sections(model_name: str, registry: Registry) -> type[PluginSections]:
+    fields = {name: (Optional[registry.get(name).config_cls], None) for name in registry.names()}
+    model = create_model(model_name, __base__=PluginSections, **fields)
+    model.registry = registry
+    return model

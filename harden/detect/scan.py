@@ -1,0 +1,134 @@
+"""The scan: every configured detector asks its question of the suspect model, and the verdict policy, here and only
+here, says which finding stands for the backdoor.
+
+The policy is an order (`stages.scan.priority`): the first detector in it that flags the model gives the verdict.
+The default puts the warp inversion first, since a sub-pixel warp that sends half of all images to one class has no
+benign reading while Neural Cleanse is borderline-prone on a warp-backdoored model (zoo WaNet: index 2.9 at 0.45 of
+the median norm, on class 1; its target is 0); the grating scan comes last, since the patch and warp repairs are the
+cheaper ones where they apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from pydantic import Field, model_validator
+
+from ..artifacts import InputContract
+from ..attacks.triggers import TriggerBase
+from ..base import StrictModel
+from ..core.sections import plugin_sections
+from ..data import ImageSet
+from ..evaluate import attack_metrics
+from . import grating, neural_cleanse, warp  # noqa: F401  (registers the built-in detectors)
+from .base import DETECTORS, Finding, Trigger, stamp
+
+# One optional section per detector, keyed by its YAML name; a detector registered later is accepted by name.
+DetectorSections = plugin_sections("DetectorSections", DETECTORS)
+
+
+class ScanConfig(StrictModel):
+    enabled: bool = False
+    detectors: DetectorSections = Field(  # type: ignore[valid-type]
+        default_factory=lambda: DetectorSections(neural_cleanse={}),  # type: ignore[call-arg]
+        description="the detectors to run, each with its settings (a detector not named does not run)")
+    priority: list[str] = Field(["warp", "neural_cleanse", "grating"], description="which detector's verdict "
+                                "stands when several flag the model: the first in this order")
+    rescan: bool = Field(False, description="also scan the hardened model afresh (trigger-free verification; "
+                         "costs a second scan); the report gets `rescan` and the gate can require it not to flag")
+
+    @model_validator(mode="after")
+    def _priority_names_detectors(self):
+        unknown = sorted(set(self.priority) - set(DETECTORS.names()))
+        if unknown:
+            raise ValueError(f"priority names {unknown}; known detectors: {', '.join(DETECTORS.names())}")
+        return self
+
+    def configured(self) -> list[tuple[str, Any]]:
+        """(name, settings) of every detector to run, in priority order (those the priority omits last)."""
+        given = dict(self.detectors.items())
+        ranked = [n for n in self.priority if n in given] + [n for n in given if n not in self.priority]
+        return [(n, given[n]) for n in ranked]
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Every detector's finding, in priority order, and the verdict they add up to."""
+
+    findings: dict[str, Finding]
+
+    @property
+    def verdict(self) -> Finding | None:
+        return next((f for f in self.findings.values() if f.target is not None), None)
+
+    @property
+    def flagged(self) -> bool:
+        return self.verdict is not None
+
+    @property
+    def target(self) -> int | None:
+        return None if self.verdict is None else self.verdict.target
+
+    @property
+    def kind(self) -> str | None:
+        """The trigger family of the verdict's inversion: "patch", "warp", "grating", ..."""
+        return None if self.verdict is None else self.verdict.kind
+
+    @property
+    def detector(self) -> str | None:
+        return None if self.verdict is None else self.verdict.detector
+
+    def trigger(self) -> Trigger:
+        """The verdict's inverted trigger: (free parameters, apply(images in [0, 1], parameters), their range)."""
+        assert self.verdict is not None, "no detector flagged the model"
+        return self.verdict.trigger()
+
+    def stamp(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] stamped with the verdict's inverted trigger."""
+        assert self.verdict is not None, "no detector flagged the model"
+        return stamp(self.verdict, x)
+
+    def summary(self) -> dict[str, Any]:
+        return {"flagged": self.flagged, "target": self.target, "kind": self.kind, "detector": self.detector,
+                "detectors": {name: f.summary() for name, f in self.findings.items()}}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {f"{name}/{k}": v for name, f in self.findings.items() for k, v in f.to_arrays().items()}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray], names: list[str]) -> ScanResult:
+        return cls({n: DETECTORS.get(n).finding_cls.from_arrays(
+            {k.split("/", 1)[1]: v for k, v in a.items() if k.startswith(n + "/")}) for n in names})
+
+
+def scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanConfig,
+         device: torch.device = torch.device("cpu")) -> ScanResult:
+    """Every configured detector on ``model`` (each works on its own copy) with clean ``data`` only."""
+    return ScanResult({name: DETECTORS.get(name)(settings).detect(model, data, contract, device)
+                       for name, settings in cfg.configured()})
+
+
+def reinverted(result: ScanResult, cfg: ScanConfig, model: nn.Module, data: ImageSet, contract: InputContract,
+               device: torch.device) -> tuple[float, bool] | None:
+    """The verdict's detector inverts its class afresh on ``model`` (see Detector.reinverted); None where it cannot."""
+    if not can_reinvert(result):
+        return None
+    name = result.detector
+    return DETECTORS.get(name)(dict(cfg.detectors.items())[name]).reinverted(result.verdict, model, data, contract,
+                                                                           device)
+
+
+def can_reinvert(result: ScanResult | None) -> bool:
+    """Whether the verdict's detector offers a fresh inversion."""
+    return result is not None and result.detector is not None and DETECTORS.get(result.detector).reinverts
+
+
+def inverted_asr(predict, result: ScanResult, data: ImageSet, num_classes: int, label: str = "ITASR") -> float:
+    """ITASR (algorithms.md §5): the share of ``data``'s non-target images that ``predict`` (a torch or ONNX
+    predictor) sends to the suspected target once stamped with the verdict's inverted trigger. Trigger-free: used by
+    the accuracy guard on the tune split and by the report on held-out images, before and after hardening."""
+    return attack_metrics(predict, data, result.stamp, TriggerBase(target=result.target), num_classes, label=label)[0]
