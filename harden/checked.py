@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import PipelineConfig
+from .repair import REPAIRS
 
 NO_TRIGGER = "none named: no known trigger was checked, so no ASR is reported (name yours under stages.verify.triggers)"
 
@@ -24,13 +25,7 @@ def repairs_run(cfg: PipelineConfig, report: dict[str, Any]) -> list[str]:
         done.append("neural polarizer")
     ft = report.get("finetune")
     if ft is not None:
-        f = cfg.stages.finetune
-        parts = [name for name, on in (("distillation", f.distill_weight > 0), ("MCL", ft.get("contrastive")),
-                                       ("trigger unlearning", ft.get("trigger_unlearn")),
-                                       ("grating unlearning", ft.get("grating_unlearn")),
-                                       ("universal adversarial unlearning", f.unlearn_weight > 0),
-                                       ("feature shift tuning", f.fst.enabled),
-                                       ("shared adversarial unlearning", f.sau.enabled)) if on]
+        parts = [REPAIRS.get(name).label if name in REPAIRS else name for name in ft["repairs"]]
         done.append("fine-tune" + (f" with {', '.join(parts)}" if parts else ""))
     return done
 

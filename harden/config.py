@@ -16,11 +16,13 @@ from pydantic import Field, StringConstraints, ValidationError, create_model, mo
 
 from .attacks.triggers import ArrayRef, TriggerConfig
 from .base import StrictModel
+from .core.sections import plugin_sections
 from .errors import ConfigError
 from .scorers import SCORERS
 from .gate import GateConfig
 from .int8 import Int8Config
 from .polarizer import PolarizeConfig
+from .repair import REPAIRS
 from .detect import ScanConfig
 from .scorers.fusion import FusionConfig
 
@@ -77,6 +79,9 @@ class DataConfig(StrictModel):
     clean: CleanData
     test: Optional[DataSource] = None
 
+
+# One optional section per repair, keyed by its YAML name; a repair registered later is accepted by name.
+RepairSections = plugin_sections("RepairSections", REPAIRS)
 
 # A mapping keyed by registered scorer name, one optional section each: typos fail with the key path.
 ScorerMethods = create_model(
@@ -142,23 +147,6 @@ class PruneStage(StrictModel):
     atol: float = Field(1e-4, gt=0, description="pruned vs masked model tolerance (catches pairing bugs)")
 
 
-class FstSettings(StrictModel):
-    enabled: bool = Field(False, description="Feature Shift Tuning (harden/fst.py): re-initialise the classifier head "
-                          "and penalise its alignment with the suspect's; acts on every model, no verdict needed")
-    weight: float = Field(0.2, ge=0, description="weight of <w, w_suspect> (the paper's alpha)")
-
-
-class SauSettings(StrictModel):
-    enabled: bool = Field(False, description="Shared Adversarial Unlearning (harden/sau.py): unlearn perturbations on "
-                          "which the model and the suspect agree on a wrong class; acts on every model")
-    weight: float = Field(1.0, ge=0, description="weight of -log(1 - p(the suspect's wrong class)) on the shared "
-                          "adversarial examples")
-    eps: float = Field(0.1, gt=0, le=1, description="L-inf radius of the search, raw pixels in [0, 1]")
-    steps: int = Field(3, ge=1, description="signed-ascent steps of the search per batch (each costs two passes)")
-    adv_weight: float = Field(0.0, ge=0, description="weight of the cross-entropy on the same examples (plain "
-                              "adversarial training; 0: off)")
-
-
 class FinetuneStage(StrictModel):
     enabled: bool = True
     epochs: int = Field(15, ge=1)
@@ -169,41 +157,10 @@ class FinetuneStage(StrictModel):
     patience: int = Field(6, ge=1, description="epochs without held-out improvement before stopping")
     augment: bool = True
     freeze_bn: bool = Field(True, description="keep BatchNorm running statistics fixed while fine-tuning")
-    distill_weight: float = Field(1.0, ge=0, description="weight of distillation from the suspect model on clean "
-                                  "images (0: off); restores clean accuracy lost to pruning")
-    distill_temperature: float = Field(2.0, gt=0, description="softmax temperature of the distillation")
-    distill_mix: bool = Field(False, description="also distil on mixup blends of clean images (label-free inputs)")
-    contrastive_weight: float = Field(0.0, ge=0, description="MCL (algorithms.md §6): weight of the contrastive term "
-                                      "on inputs stamped with the scan's inverted trigger (0: off; needs "
-                                      "stages.scan, and acts only when the scan flags the model)")
-    contrastive_temperature: float = Field(0.5, gt=0, description="temperature of MCL's contrastive term")
-    unlearn_weight: float = Field(0.0, ge=0, description="weight of adversarial unlearning of a universal "
-                                  "perturbation (harden/unlearn.py; 0: off): for full-image triggers that the scan "
-                                  "and pruning miss, at some clean accuracy")
-    unlearn_radius: float = Field(2.0, gt=0, description="L2 radius of that perturbation, raw pixels in [0, 1]")
-    unlearn_steps: int = Field(5, ge=1, description="signed-ascent steps re-fitting it on each batch")
-    grating_unlearn_weight: float = Field(0.0, ge=0, description="weight of unlearning full-image gratings "
-                                          "(harden/unlearn.py GratingUnlearn; 0: off): the model's output on a "
-                                          "clean image plus the grating that pulls hardest towards one class is "
-                                          "distilled to the suspect's clean output; for periodic triggers (SIG) "
-                                          "that patch and warp inversions miss")
-    grating_unlearn_on: Literal["always", "grating_verdict"] = Field(
-        "always", description="always: on every model (it costs clean models accuracy too); grating_verdict: only "
-        "when the scan's grating verdict stands (detectors.grating), in place of MCL and trigger unlearning on its one "
-        "peak grating")
-    grating_amplitude: float = Field(0.1, gt=0, le=1, description="largest peak amplitude of a grating, raw pixels")
-    grating_max_freq: float = Field(12.0, ge=1, le=64, description="highest grating frequency, cycles per image width")
-    grating_candidates: int = Field(16, ge=1, description="random gratings drawn per batch")
-    grating_keep: int = Field(4, ge=1, description="of those, how many of the strongest one-class pulls are unlearnt")
-    trigger_unlearn_weight: float = Field(0.0, ge=0, description="weight of adversarial unlearning of the scan's "
-                                          "inverted trigger (pattern inside its mask, or warp), re-fitted to the "
-                                          "model on every batch (harden/unlearn.py; 0: off; acts only when the scan "
-                                          "flags the model)")
-    trigger_unlearn_steps: int = Field(3, ge=1, description="signed-descent steps re-fitting the trigger per batch")
-    trigger_unlearn_step_size: float = Field(0.1, gt=0, le=1, description="size of each step, a fraction of the "
-                                             "parameters' range (pattern: [0, 1]; warp: +-max_shift pixels)")
-    fst: FstSettings = FstSettings()
-    sau: SauSettings = SauSettings()
+    repairs: RepairSections = Field(  # type: ignore[valid-type]
+        default_factory=lambda: RepairSections(distill={}),  # type: ignore[call-arg]
+        description="every repair the fine-tune runs, each with its settings: naming any replaces the default "
+        "(distillation alone), `{}` is plain fine-tuning; each repair acts only on the models it is for (harden list)")
     clip_grad_norm: Optional[float] = Field(5.0, gt=0, description="gradient-norm clipping (null: off)")
     max_steps: Optional[int] = Field(None, ge=1, description="cap on optimizer steps (tests and smoke runs)")
 

@@ -8,7 +8,7 @@ from harden.detect import ScanResult
 from harden.detect.grating import GratingConfig, GratingFinding, far_from, grating_scan
 from harden.detect.neural_cleanse import NeuralCleanseFinding
 from harden.plots import inverted_triggers
-from harden.stages.finetune import active_repairs
+from harden.stages.finetune import repairs_for
 
 from .conftest import TINY_CONTRACT
 from .test_unlearn import _fit, _images, _planted
@@ -64,18 +64,20 @@ def test_a_grating_verdict_round_trips_stamps_its_peak_grating_and_is_drawn(tmp_
 
 
 def test_grating_unlearning_replaces_the_fixed_trigger_repairs_only_on_a_grating_verdict():
-    on_verdict = FinetuneStage(grating_unlearn_weight=0.5, grating_unlearn_on="grating_verdict",
-                               contrastive_weight=1.0, trigger_unlearn_weight=0.3)
-    assert active_repairs(on_verdict, _grating_verdict()) == {
-        "grating_unlearn": True, "contrastive": False, "trigger_unlearn": False}
-    nothing = {"grating_unlearn": False, "contrastive": False, "trigger_unlearn": False}
-    assert active_repairs(on_verdict, None) == nothing
+    on_verdict = FinetuneStage(repairs={"grating_unlearn": {"weight": 0.5, "when": "grating_verdict"}, "mcl": {},
+                                        "trigger_unlearn": {"weight": 0.3}})
+
+    def acting(cfg, scan):
+        return list(repairs_for(cfg, scan))
+
+    assert acting(on_verdict, _grating_verdict()) == ["grating_unlearn"]
+    assert acting(on_verdict, None) == []
     patch = ScanResult({"neural_cleanse": _nc(0), "grating": _grating_verdict().findings["grating"]})
-    assert active_repairs(on_verdict, patch) == {"grating_unlearn": False, "contrastive": True, "trigger_unlearn": True}
-    without = FinetuneStage(contrastive_weight=1.0)  # no grating hook configured: the peak grating is repaired as is
-    assert active_repairs(without, _grating_verdict())["contrastive"]
-    always = FinetuneStage(grating_unlearn_weight=0.5)
-    assert active_repairs(always, None)["grating_unlearn"]
+    assert acting(on_verdict, patch) == ["mcl", "trigger_unlearn"]
+    without = FinetuneStage(repairs={"mcl": {}})  # no grating hook configured: the peak grating is repaired as is
+    assert acting(without, _grating_verdict()) == ["mcl"]
+    always = FinetuneStage(repairs={"distill": {}, "grating_unlearn": {}})
+    assert acting(always, None) == ["distill", "grating_unlearn"]
 
 
 def test_pipeline_repairs_what_the_grating_scan_found(tiny_cnn, tiny_workspace):
@@ -94,15 +96,14 @@ def test_pipeline_repairs_what_the_grating_scan_found(tiny_cnn, tiny_workspace):
         "stages.scan.enabled=true", "stages.scan.detectors.neural_cleanse.epochs=2",
         "stages.scan.detectors.neural_cleanse.steps_per_epoch=2", *small,
         "stages.prune.enabled=false", "stages.finetune.epochs=10", "stages.finetune.patience=10",
-        "stages.finetune.contrastive_weight=1.0",
-        "stages.finetune.trigger_unlearn_weight=1.0", "stages.finetune.grating_unlearn_weight=2.0",
-        "stages.finetune.grating_amplitude=0.1", "stages.finetune.grating_candidates=64",
-        "stages.finetune.grating_keep=2", "stages.finetune.grating_unlearn_on=grating_verdict",
+        "stages.finetune.repairs.distill={}", "stages.finetune.repairs.mcl={}",
+        "stages.finetune.repairs.trigger_unlearn.weight=1.0",
+        "stages.finetune.repairs.grating_unlearn={weight: 2.0, amplitude: 0.1, candidates: 64, keep: 2, "
+        "when: grating_verdict}",
         "tracking.enabled=false"])
     report = run_pipeline(cfg, tiny_workspace / "out").report
     assert report["scan"]["kind"] == "grating" and report["scan"]["target"] == 0, report["scan"]
-    assert report["finetune"]["grating_unlearn"], report["finetune"]
-    assert not report["finetune"]["contrastive"] and not report["finetune"]["trigger_unlearn"]
+    assert report["finetune"]["repairs"] == ["distill", "grating_unlearn"], report["finetune"]
     assert report["itasr"]["kind"] == "grating" and report["itasr"]["before"] > 0.5
     assert report["itasr"]["after"] < report["itasr"]["before"] / 2, report["itasr"]
     with np.load(tiny_workspace / "out" / "itasr-trigger.npz") as z:

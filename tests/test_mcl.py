@@ -4,7 +4,7 @@ import math
 import torch
 
 from harden.config import PruneStage
-from harden.mcl import ContrastiveHook, kept_features
+from harden.repair.mcl import ContrastiveHook, kept_features
 from harden.models import create_model
 from harden.stages import prune
 

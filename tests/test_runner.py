@@ -19,6 +19,8 @@ from harden.cli import cli
 from harden.config import load_pipeline
 from harden.core.stage import STAGES, register_stage
 from harden.detect import DETECTORS, DetectorConfig, register_detector
+from harden.repair import REPAIRS, RepairConfig, register_repair
+from harden.repair.base import OnVerdict
 from harden.pipeline import run_pipeline
 from harden.scorers import SCORERS
 from harden.summary import render_summary
@@ -96,7 +98,7 @@ def backdoored():
     return backdoored_tiny_model()[0]
 
 
-def test_a_detector_registered_outside_harden_gives_the_verdict_and_its_trigger_is_used(tiny_workspace):
+def test_a_detector_and_a_repair_registered_outside_harden_run_in_a_pipeline(tiny_workspace):
     class CornerConfig(DetectorConfig):
         target: int = 2
 
@@ -148,17 +150,38 @@ def test_a_detector_registered_outside_harden_gives_the_verdict_and_its_trigger_
         def row(summary):
             return "corner probe", f"statistic {summary['statistic']:.1f}", f"target {summary['target']}"
 
+    class StampedConfig(RepairConfig):
+        weight: float = 0.1
+
+    steps = []
+
+    @register_repair("test-stamped", "a test's repair: cross-entropy on images stamped with the verdict's trigger")
+    class Stamped(OnVerdict):
+        config_cls, label, order = StampedConfig, "stamped cross-entropy", 65
+
+        def hook(self, ctx):
+            weight, stamp = self.cfg.weight, ctx.scan.stamp
+
+            class Hook:
+                def extra_loss(self, model, x, y, logits):
+                    steps.append(len(x))
+                    return weight * torch.nn.functional.cross_entropy(model(ctx.model.contract.normalize(stamp(x))), y)
+
+            return Hook()
+
     try:
         cfg = load_pipeline(tiny_workspace / "pipeline.yaml", [
             "tracking.enabled=false", "stages.finetune.epochs=1", "stages.export.latency=false",
             "stages.scan.enabled=true", "stages.scan.detectors={test-corner: {target: 2}}",
-            "stages.finetune.trigger_unlearn_weight=0.5"])
+            "stages.finetune.repairs={distill: {}, trigger_unlearn: {weight: 0.5}, test-stamped: {weight: 0.2}}"])
         report = run_pipeline(cfg, tiny_workspace / "out").report
         summary = render_summary(report)
     finally:
         DETECTORS.unregister("test-corner")
+        REPAIRS.unregister("test-stamped")
+    assert report["finetune"]["repairs"] == ["distill", "test-stamped", "trigger_unlearn"] and steps  # by `order`
+    assert "stamped cross-entropy" in report["checked"]["repairs"][-1]
     assert report["scan"]["detector"] == "test-corner" and report["scan"]["target"] == 2
-    assert report["finetune"]["trigger_unlearn"]  # a repair that reads any finding acted on it
     assert report["itasr"]["detector"] == "test-corner" and 0 <= report["itasr"]["after"] <= 1
     with np.load(tiny_workspace / "out" / "itasr-trigger.npz") as z:
         assert z["corner"].shape == (2, 2)

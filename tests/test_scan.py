@@ -89,11 +89,11 @@ def test_pipeline_scan_stage_reports_verdict_itasr_and_tighter_budget(backdoored
         "stages.scan.enabled=true", "stages.scan.detectors.neural_cleanse.epochs=15",
         "stages.scan.detectors.neural_cleanse.steps_per_epoch=4",
         "stages.prune.select.policy=accuracy_guard", "stages.finetune.max_steps=2", "tracking.enabled=false",
-        "stages.finetune.contrastive_weight=1.0", "stages.scan.rescan=true", "stages.prune.select.itasr_tolerance=0.05",
+        "stages.finetune.repairs={distill: {}, mcl: {}}", "stages.scan.rescan=true", "stages.prune.select.itasr_tolerance=0.05",
         "stages.prune.select.reinvert=true"])
     report = run_pipeline(cfg, tiny_workspace / "out").report
     assert report["scan"]["flagged"] and report["scan"]["target"] == 0
-    assert report["finetune"]["contrastive"]  # MCL ran with the inverted trigger
+    assert "mcl" in report["finetune"]["repairs"]  # MCL ran with the inverted trigger
     assert set(report["rescan"]["detectors"]["neural_cleanse"]) >= {"target", "max_anomaly", "min_norm_ratio"}
     assert (tiny_workspace / "out" / "rescan.json").is_file()
     assert report["itasr"]["target"] == 0 and report["itasr"]["before"] > 0.9

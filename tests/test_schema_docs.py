@@ -15,7 +15,7 @@ def test_pipeline_reference_is_current():
 def test_every_key_is_listed_and_described():
     listed = rows(PipelineConfig)
     keys = [r.split("`")[1] for r in listed]
-    for key in ("model.rename", "stages.finetune.fst.weight", "stages.finetune.sau.eps", "gate.max_itasr",
+    for key in ("model.rename", "stages.finetune.repairs.fst.weight", "stages.finetune.repairs.sau.eps", "gate.max_itasr",
                 "stages.verify.triggers", "data.clean.limit"):
         assert key in keys, key
     assert not [r for r in listed if r.rstrip().endswith("|  |")], "a key without a description"

@@ -6,7 +6,7 @@ from harden.config import PruneStage, SelectPolicy
 from harden.data.sources import ImageSet
 from harden.scorers.clp import ClpConfig, ClpScorer
 from harden.stages import prune, select
-from harden.stages.finetune import Distill
+from harden.repair.distill import Distill
 
 from .conftest import TINY_CONTRACT, synthetic_images
 

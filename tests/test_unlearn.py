@@ -5,13 +5,15 @@ import torch.nn.functional as F
 
 from harden.attacks import PoisonConfig, build_trigger
 from harden.attacks.triggers import PatchTrigger, SineTrigger
-from harden.config import FinetuneStage
 from harden.data import ImageSet
 from harden.evaluate import attack_metrics, torch_predictor
 from harden.train import TrainSettings, train
 from harden.detect import ScanResult
 from harden.detect.neural_cleanse import NeuralCleanseFinding
-from harden.unlearn import GratingUnlearn, UniversalUnlearn, random_gratings, trigger_unlearn
+from harden.repair import RepairContext
+from harden.repair.grating_unlearn import GratingUnlearn, random_gratings
+from harden.repair.trigger_unlearn import TriggerUnlearnConfig, TriggerUnlearnRepair
+from harden.repair.universal_unlearn import UniversalUnlearn, UniversalUnlearnConfig
 from harden.zoo import poisoned_training_set
 
 from .conftest import TINY_CONTRACT, synthetic_images
@@ -42,12 +44,20 @@ def _patch_scan(mask: np.ndarray, pattern: np.ndarray, target: int) -> ScanResul
     return ScanResult({"neural_cleanse": NeuralCleanseFinding([1.0] * 4, [0.0] * 4, [], masks, patterns, target)})
 
 
+def _trigger_unlearn(scan: ScanResult, cfg: TriggerUnlearnConfig):
+    """The trigger-unlearning repair's hook for this verdict, built the way the fine-tune builds it."""
+    from harden.artifacts import ModelArtifact
+
+    art = ModelArtifact(None, "tiny_cnn", {}, TINY_CONTRACT, None, "", "head")
+    return TriggerUnlearnRepair(cfg).hook(RepairContext(art, None, scan, 0))
+
+
 def test_the_re_fitted_pattern_stays_in_range_inside_its_mask_and_pulls_toward_the_target(tiny_cnn):
     x, y = torch.rand(16, 3, 16, 16), torch.randint(0, 4, (16,))
     mask = np.zeros((16, 16), np.float32)
     mask[2:6, 2:6] = 1.0
     start = np.full((3, 16, 16), 0.5, np.float32)
-    hook = trigger_unlearn(_patch_scan(mask, start, 2), TINY_CONTRACT, weight=1.0, steps=5, step_size=0.1)
+    hook = _trigger_unlearn(_patch_scan(mask, start, 2), TriggerUnlearnConfig(weight=1.0, steps=5, step_size=0.1))
 
     def to_target(p: torch.Tensor) -> float:
         return float(F.cross_entropy(tiny_cnn(hook._stamped(x, p)), torch.full_like(y, 2)))
@@ -89,9 +99,9 @@ def test_unlearning_removes_a_full_image_trigger_that_plain_fine_tuning_keeps(ti
     trig = SineTrigger(target=0, delta=0.1)
     backdoored, clean, heldout = _planted(tiny_cnn, trig, epochs=40)
     # radius: the sinusoid's own L2 norm (amplitude / sqrt 2 over 3 x 16 x 16 values)
-    cfg = FinetuneStage(unlearn_weight=1.0, unlearn_radius=float(trig.delta * np.sqrt(3 * 16 * 16 / 2)))
+    cfg = UniversalUnlearnConfig(weight=1.0, radius=float(trig.delta * np.sqrt(3 * 16 * 16 / 2)))
     plain = _asr(_fit(backdoored, clean, epochs=40), heldout, trig)
-    hook = UniversalUnlearn(TINY_CONTRACT, cfg.unlearn_weight, cfg.unlearn_radius, cfg.unlearn_steps)
+    hook = UniversalUnlearn(TINY_CONTRACT, cfg.weight, cfg.radius, cfg.steps)
     unlearnt = _asr(_fit(backdoored, clean, [hook], epochs=40), heldout, trig)
     assert plain > 0.5 and unlearnt < plain / 2, (plain, unlearnt)
 
@@ -105,10 +115,8 @@ def test_re_fitting_the_pattern_in_the_mask_removes_a_patch_trigger_that_plain_f
     mask = np.zeros((16, 16), np.float32)
     mask[11:15, 11:15] = 1.0  # one pixel wider than the 3x3 patch at margin 1
     grey = np.full((3, 16, 16), 0.5, np.float32)
-    cfg = FinetuneStage(trigger_unlearn_weight=1.0)
     plain = _asr(_fit(backdoored, clean, epochs=30), heldout, trig)
-    hook = trigger_unlearn(_patch_scan(mask, grey, 0), TINY_CONTRACT, cfg.trigger_unlearn_weight,
-                           cfg.trigger_unlearn_steps, cfg.trigger_unlearn_step_size)
+    hook = _trigger_unlearn(_patch_scan(mask, grey, 0), TriggerUnlearnConfig(weight=1.0))
     unlearnt = _asr(_fit(backdoored, clean, [hook], epochs=30), heldout, trig)
     assert plain > 0.5 and unlearnt < plain / 2, (plain, unlearnt)
 

@@ -11,8 +11,8 @@ from harden.attacks import PoisonConfig, build_trigger
 from harden.attacks.triggers import BlendTrigger
 from harden.data import ImageSet
 from harden.evaluate import accuracy, attack_metrics, torch_predictor
-from harden.fst import FeatureShift
-from harden.sau import SharedAdversarialUnlearn, shared_error
+from harden.repair.fst import FeatureShift
+from harden.repair.sau import SharedAdversarialUnlearn, shared_error
 from harden.train import TrainSettings, set_train_mode, train
 from harden.zoo import poisoned_training_set
 

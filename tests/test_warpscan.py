@@ -99,11 +99,12 @@ def test_pipeline_repairs_what_the_warp_scan_found(warp_models, tiny_workspace):
         "stages.scan.detectors.neural_cleanse.steps_per_epoch=2", "stages.scan.detectors.warp.steps=40",
         "stages.scan.detectors.warp.max_shift=1.0",
         "stages.prune.enabled=false", "stages.finetune.epochs=6", "stages.finetune.patience=6",
-        "stages.finetune.contrastive_weight=1.0", "stages.finetune.trigger_unlearn_weight=1.0",
+        "stages.finetune.repairs.distill={}", "stages.finetune.repairs.mcl={}",
+        "stages.finetune.repairs.trigger_unlearn.weight=1.0",
         "tracking.enabled=false"])
     report = run_pipeline(cfg, tiny_workspace / "out").report
     assert report["scan"]["kind"] == "warp" and report["scan"]["target"] == 0
-    assert report["finetune"]["contrastive"] and report["finetune"]["trigger_unlearn"]
+    assert report["finetune"]["repairs"] == ["distill", "mcl", "trigger_unlearn"]
     assert report["itasr"]["kind"] == "warp" and report["itasr"]["before"] > 0.5
     assert report["itasr"]["after"] < report["itasr"]["before"] / 2, report["itasr"]
     with np.load(tiny_workspace / "out" / "itasr-trigger.npz") as z:

@@ -11,97 +11,37 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..artifacts import FinetuneResult, InputContract, ModelArtifact
+from ..artifacts import FinetuneResult, ModelArtifact
 from ..config import FinetuneStage, PipelineConfig
 from ..context import RunContext
 from ..core.stage import register_stage
 from ..core.state import RunState
 from ..data import ImageSet
-from ..evaluate import accuracy, torch_predictor
-from ..fst import FeatureShift
-from ..mcl import ContrastiveHook, kept_features
-from ..progress import console
-from ..resume import StageCache, load_state, state_to_arrays
-from ..sau import SharedAdversarialUnlearn
 from ..detect import ScanResult
-from ..train import TrainSettings, frozen_copy, train
-from ..unlearn import GratingUnlearn, UniversalUnlearn, softened_kl, trigger_unlearn
+from ..evaluate import accuracy, torch_predictor
+from ..progress import console
+from ..repair import REPAIRS, Repair, RepairContext, active
+from ..resume import StageCache, load_state, state_to_arrays
+from ..train import TrainSettings, train
 from .polarize import log_history
 
 
-class Distill:
-    """Training hook: match the suspect model's softened outputs on the same clean, augmented images.
-
-    2,000 hard labels cannot re-teach what pruning removed; the suspect's clean-input behaviour is the richer
-    signal and is what we want to keep. The teacher only ever sees clean images, so it cannot hand the trigger
-    response back. Zoo BadNets, same pruning: 3.2 points of clean accuracy lost without it (2,000 test images),
-    1.6 with it (full test set), ASR 6%.
-    """
-
-    def __init__(self, teacher: nn.Module, contract: InputContract, weight: float, temperature: float,
-                 mix: bool = False, seed: int = 0):
-        self.teacher = frozen_copy(teacher)
-        self.contract, self.weight, self.t, self.mix = contract, weight, temperature, mix
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def _kl(self, student_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_logits = self.teacher(self.contract.normalize(x))
-        return softened_kl(student_logits, teacher_logits, self.t)
-
-    def extra_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        self.teacher.to(x.device)
-        kl = self._kl(logits, x)
-        if self.mix:  # label-free extra inputs: blends of two clean images, matched to the teacher as well
-            lam = torch.rand(len(x), 1, 1, 1, generator=self.gen).to(x.device)
-            xm = lam * x + (1 - lam) * x[torch.randperm(len(x), generator=self.gen).to(x.device)]
-            kl = (kl + self._kl(model(self.contract.normalize(xm)), xm)) / 2
-        return self.weight * kl
+def repairs_for(cfg: FinetuneStage, scan: ScanResult | None) -> dict[str, Repair]:
+    """The configured repairs that act on this model, given the scan's findings (None: no scan ran), in hook order."""
+    return active({name: REPAIRS.get(name)(settings) for name, settings in cfg.repairs.items()}, scan)
 
 
-def active_repairs(cfg: FinetuneStage, scan: ScanResult | None) -> dict[str, bool]:
-    """Which repair hooks act, given the scan's verdict (None or an unflagged scan: none of the trigger-based ones).
-    A grating verdict is repaired by grating unlearning when that is configured: the peak grating the scan found is
-    one member of the family the backdoor answers, and the hook searches that family again on every batch."""
-    verdict = scan.kind if scan is not None and scan.target is not None else None
-    grating = cfg.grating_unlearn_weight > 0 and (cfg.grating_unlearn_on == "always" or verdict == "grating")
-    fixed = verdict is not None and not (verdict == "grating" and grating)
-    return {"grating_unlearn": grating, "contrastive": cfg.contrastive_weight > 0 and fixed,
-            "trigger_unlearn": cfg.trigger_unlearn_weight > 0 and fixed}
-
-
-def run(cfg: FinetuneStage, art: ModelArtifact, teacher: nn.Module, tune: ImageSet, heldout: ImageSet,
+def run(cfg: FinetuneStage, art: ModelArtifact, suspect: nn.Module, tune: ImageSet, heldout: ImageSet,
         device: torch.device, seed: int, hooks: list[object], scan: ScanResult | None = None
         ) -> tuple[ModelArtifact, FinetuneResult]:
-    """``scan``: the scan's result (MCL and trigger unlearning need its inverted trigger when it flagged)."""
-    repairs = active_repairs(cfg, scan)
+    """``hooks``: handed on by earlier stages (prune's masks), run first; then each acting repair's hook."""
     settings = TrainSettings(
         epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
         patience=cfg.patience, augment=cfg.augment, max_steps=cfg.max_steps, seed=seed, freeze_bn=cfg.freeze_bn,
         clip_grad_norm=cfg.clip_grad_norm,
     )
-    if cfg.distill_weight > 0:
-        hooks = [*hooks, Distill(teacher, art.contract, cfg.distill_weight, cfg.distill_temperature,
-                                 cfg.distill_mix, seed)]
-
-    if cfg.unlearn_weight > 0:
-        hooks = [*hooks, UniversalUnlearn(art.contract, cfg.unlearn_weight, cfg.unlearn_radius, cfg.unlearn_steps)]
-
-    if cfg.fst.enabled:
-        hooks = [*hooks, FeatureShift(art.classifier, cfg.fst.weight, seed)]
-    if cfg.sau.enabled:
-        hooks = [*hooks, SharedAdversarialUnlearn(teacher, art.contract, cfg.sau.weight, cfg.sau.eps, cfg.sau.steps,
-                                                  cfg.sau.adv_weight, seed)]
-    if repairs["grating_unlearn"]:
-        hooks = [*hooks, GratingUnlearn(teacher, art.contract, cfg.grating_unlearn_weight, cfg.grating_amplitude,
-                                        cfg.grating_max_freq, cfg.grating_candidates, cfg.grating_keep, seed=seed)]
-    if repairs["contrastive"]:
-        hooks = [*hooks, ContrastiveHook(teacher, art.classifier, scan.stamp, art.contract, cfg.contrastive_weight,
-                                         cfg.contrastive_temperature,
-                                         kept_features(art.model, teacher, art.classifier))]
-    if repairs["trigger_unlearn"]:
-        hooks = [*hooks, trigger_unlearn(scan, art.contract, cfg.trigger_unlearn_weight, cfg.trigger_unlearn_steps,
-                                         cfg.trigger_unlearn_step_size)]
+    ctx = RepairContext(art, suspect, scan, seed)
+    hooks = [*hooks, *(r.hook(ctx) for r in repairs_for(cfg, scan).values())]
 
     def heldout_acc(model: torch.nn.Module) -> float:
         return accuracy(torch_predictor(model, art.contract, device), heldout, label="held-out accuracy")
@@ -141,5 +81,6 @@ class Finetune:
         if ft.diverged:
             console.print("[yellow]fine-tuning diverged (held-out accuracy fell); kept the model from before it[/]")
         return {"finetune": {"epochs_run": ft.epochs_run, "best_epoch": ft.best_epoch, "diverged": ft.diverged,
-                             **active_repairs(st.finetune, found), "heldout_acc_start": ft.heldout_acc_before,
+                             "repairs": list(repairs_for(st.finetune, found)),
+                             "heldout_acc_start": ft.heldout_acc_before,
                              "heldout_acc_best": ft.best_heldout_acc, "history": ft.history}}

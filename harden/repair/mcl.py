@@ -10,15 +10,36 @@ to the kept ones.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 
-from .artifacts import InputContract
-from .errors import StageError
-from .train import frozen_copy
+from ..artifacts import InputContract
+from ..errors import StageError
+from ..train import frozen_copy
+from .base import OnVerdict, RepairConfig, RepairContext, register_repair
+
+
+class MclConfig(RepairConfig):
+    weight: float = Field(1.0, gt=0, description="weight of the contrastive term on inputs stamped with the verdict's "
+                          "inverted trigger")
+    temperature: float = Field(0.5, gt=0, description="temperature of the contrastive term")
+
+
+@register_repair("mcl", "MCL: pull the features of inputs stamped with the verdict's inverted trigger toward the "
+                 "suspect's clean features and away from its stamped ones (models a detector flagged)")
+class MclRepair(OnVerdict):
+    config_cls = MclConfig
+    label: ClassVar[str] = "MCL"
+    order: ClassVar[float] = 60
+
+    def hook(self, ctx: RepairContext) -> ContrastiveHook:
+        art = ctx.model
+        return ContrastiveHook(ctx.suspect, art.classifier, ctx.scan.stamp, art.contract, self.cfg.weight,
+                               self.cfg.temperature, kept_features(art.model, ctx.suspect, art.classifier))
 
 
 def _features(model: nn.Module, classifier: str, x: torch.Tensor) -> torch.Tensor:

@@ -12,12 +12,38 @@ trigger, a target or poisoned data.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 
-from .artifacts import InputContract
-from .train import frozen_copy
+from ..artifacts import InputContract
+from ..train import frozen_copy
+from .base import EveryModel, RepairConfig, RepairContext, register_repair
+
+
+class SauConfig(RepairConfig):
+    weight: float = Field(1.0, ge=0, description="weight of -log(1 - p(the suspect's wrong class)) on the shared "
+                          "adversarial examples")
+    eps: float = Field(0.1, gt=0, le=1, description="L-inf radius of the search, raw pixels in [0, 1]")
+    steps: int = Field(3, ge=1, description="signed-ascent steps of the search per batch (each costs two passes)")
+    adv_weight: float = Field(0.0, ge=0, description="weight of the cross-entropy on the same examples (plain "
+                              "adversarial training; 0: off)")
+
+
+@register_repair("sau", "Shared Adversarial Unlearning: unlearn perturbations on which the model and the suspect "
+                 "agree on a wrong class (every model; untuned, off in the shipped pipelines)")
+class SauRepair(EveryModel):
+    config_cls = SauConfig
+    label: ClassVar[str] = "shared adversarial unlearning"
+    order: ClassVar[float] = 40
+
+    def hook(self, ctx: RepairContext) -> SharedAdversarialUnlearn:
+        c = self.cfg
+        return SharedAdversarialUnlearn(ctx.suspect, ctx.model.contract, c.weight, c.eps, c.steps, c.adv_weight,
+                                        ctx.seed)
 
 
 def shared_error(p: torch.Tensor, q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

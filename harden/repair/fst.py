@@ -9,8 +9,28 @@ Nothing here reads a trigger, a target or poisoned data. Cost: one extra dot pro
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
+from pydantic import Field
+
+from .base import EveryModel, RepairConfig, RepairContext, register_repair
+
+
+class FstConfig(RepairConfig):
+    weight: float = Field(0.2, ge=0, description="weight of <w, w_suspect> (the paper's alpha)")
+
+
+@register_repair("fst", "Feature Shift Tuning: re-initialise the classifier head and penalise its alignment with "
+                 "the suspect's (every model; untuned, off in the shipped pipelines)")
+class FstRepair(EveryModel):
+    config_cls = FstConfig
+    label: ClassVar[str] = "feature shift tuning"
+    order: ClassVar[float] = 30
+
+    def hook(self, ctx: RepairContext) -> FeatureShift:
+        return FeatureShift(ctx.model.classifier, self.cfg.weight, ctx.seed)
 
 
 class FeatureShift:
