@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import yaml
-from pydantic import Field, StringConstraints, ValidationError, create_model, model_validator
+from pydantic import Field, StringConstraints, ValidationError, model_validator
 
 from .attacks.triggers import ArrayRef, TriggerConfig
 from .base import StrictModel
@@ -83,12 +83,8 @@ class DataConfig(StrictModel):
 # One optional section per repair, keyed by its YAML name; a repair registered later is accepted by name.
 RepairSections = plugin_sections("RepairSections", REPAIRS)
 
-# A mapping keyed by registered scorer name, one optional section each: typos fail with the key path.
-ScorerMethods = create_model(
-    "ScorerMethods",
-    __base__=StrictModel,
-    **{name: (Optional[SCORERS.get(name).config_cls], None) for name in SCORERS.names()},
-)
+# One optional section per scorer, keyed by its YAML name; a scorer registered later is accepted by name.
+ScorerMethods = plugin_sections("ScorerMethods", SCORERS)
 
 
 class ScoreStage(StrictModel):
@@ -362,6 +358,8 @@ def _set_path(raw: dict[str, Any], key: str, value: Any) -> str | None:
 
 def describe_error(err: dict[str, Any]) -> tuple[str, str]:
     loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+    if err["type"] == "plugin_section":  # a plug-in's own section (core/sections.py): the path goes on below it
+        return ".".join([*loc, err["ctx"]["key"]]), err["ctx"]["reason"]
     key = ".".join(loc)
     if err["type"] == "extra_forbidden":
         return key, _unknown_key_message(loc)

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import harden.pipeline as runner
 from harden.cli import cli
 from harden.config import load_pipeline
+from harden.errors import ConfigError
 from harden.core.stage import STAGES, register_stage
 from harden.detect import DETECTORS, DetectorConfig, register_detector
 from harden.repair import REPAIRS, RepairConfig, register_repair
@@ -170,6 +171,8 @@ def test_a_detector_and_a_repair_registered_outside_harden_run_in_a_pipeline(tin
             return Hook()
 
     try:
+        with pytest.raises(ConfigError, match=r"stages\.scan\.detectors\.test-corner\.target: Input should be"):
+            load_pipeline(tiny_workspace / "pipeline.yaml", ["stages.scan.detectors={test-corner: {target: x}}"])
         cfg = load_pipeline(tiny_workspace / "pipeline.yaml", [
             "tracking.enabled=false", "stages.finetune.epochs=1", "stages.export.latency=false",
             "stages.scan.enabled=true", "stages.scan.detectors={test-corner: {target: 2}}",

@@ -123,3 +123,26 @@ def test_a_finished_checkpoint_runs_nothing_more(tiny_cnn, tmp_path):
     rec = Recorder()
     again = train(tiny_cnn, tune, C, settings, evaluate, torch.device("cpu"), [rec])
     assert rec.steps == 0 and again.epochs_run == first.epochs_run == 2 and again.history == first.history
+
+
+def test_channels_last_training_returns_a_plain_layout_model_close_to_the_default_one():
+    """Red-team training runs NHWC (faster on CPU); the model it hands back must be in the plain layout that
+    safetensors and the ONNX export expect, and compute what the default layout computes up to rounding."""
+    import torch
+
+    from harden.data.sources import ImageSet
+    from harden.models import create_model
+    from harden.train import TrainSettings, train
+
+    from .conftest import TINY_CONTRACT, synthetic_images
+
+    data = ImageSet(*synthetic_images(64, seed=0), "t", "0")
+    out = {}
+    for layout in (False, True):
+        torch.manual_seed(0)
+        settings = TrainSettings(epochs=1, lr=0.05, batch_size=32, freeze_bn=False, channels_last=layout)
+        out[layout] = train(create_model("tiny_cnn", 4, {"width": 8}), data, TINY_CONTRACT, settings,
+                            lambda m: 0.0, torch.device("cpu")).model
+    assert all(p.is_contiguous() for p in out[True].parameters())
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.allclose(out[True](x), out[False](x), atol=1e-3)

@@ -8,6 +8,7 @@ import difflib
 from typing import Any, ClassVar, Iterator, Optional
 
 from pydantic import ConfigDict, ValidationError, create_model, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..base import StrictModel
 from ..registry import Registry
@@ -28,13 +29,13 @@ class PluginSections(StrictModel):
                 continue
             if name not in cls.registry:
                 hint = difflib.get_close_matches(name, cls.registry.names(), n=1)
-                raise ValueError(f"unknown {cls.registry.kind} {name!r}" + (f"; did you mean {hint[0]!r}?" if hint
-                                 else "") + f" Known: {', '.join(cls.registry.names())}")
+                raise _problem(name, f"unknown {cls.registry.kind}" + (f"; did you mean {hint[0]!r}?" if hint
+                               else "") + f" Known: {', '.join(cls.registry.names())}")
             try:
                 out[name] = cls.registry.get(name).config_cls.model_validate(raw or {})
             except ValidationError as exc:
-                raise ValueError(f"{name}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                                         for e in exc.errors())) from None
+                e = exc.errors()[0]
+                raise _problem(".".join([name, *map(str, e["loc"])]), e["msg"]) from None
         return out
 
     def items(self) -> Iterator[tuple[str, Any]]:
@@ -43,6 +44,11 @@ class PluginSections(StrictModel):
             if getattr(self, name) is not None:
                 yield name, getattr(self, name)
         yield from (self.model_extra or {}).items()
+
+
+def _problem(key: str, reason: str) -> PydanticCustomError:
+    """An error whose key path continues below the section (config.describe_error appends ``key``)."""
+    return PydanticCustomError("plugin_section", "{reason}", {"key": key, "reason": reason})
 
 
 def plugin_sections(model_name: str, registry: Registry) -> type[PluginSections]:

@@ -21,7 +21,7 @@ from ..scorers.fusion import fuse
 
 
 def configured(cfg: ScoreStage) -> list[tuple[str, object]]:
-    return [(name, getattr(cfg.methods, name)) for name in SCORERS.names() if getattr(cfg.methods, name) is not None]
+    return list(cfg.methods.items())
 
 
 @dataclass(frozen=True)
