@@ -131,8 +131,9 @@ def list_cmd() -> None:
 def score_cmd(pipeline: Path, out: Path | None, overrides: tuple[str, ...]) -> None:
     """Score every conv channel and show what the prune stage would remove, without pruning anything.
 
-    Writes scores.json (every method's scores, the fused ones, and the selection) and one PNG of per-layer
-    histograms per method."""
+    Runs the pipeline's own stages up to the selection (the scan too, when enabled: its verdict sets the budget and
+    the tie-break), so the cut shown is the cut `harden run` makes. Writes scores.json (every method's scores, the
+    fused ones, and the selection) and one PNG of per-layer histograms per method."""
     try:
         from .config import load_pipeline
         from .scoring_preview import preview

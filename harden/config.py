@@ -114,9 +114,9 @@ class SelectPolicy(StrictModel):
         "the lowest (null: always the most pruning candidate within budget)")
     reinvert: bool = Field(
         False, description="with itasr_tolerance, when the verdict's detector can (Neural Cleanse): invert the "
-        "suspected target afresh on each such candidate (least pruning first, about a tenth of a scan each) and take the first that "
-        "the verdict no longer flags, else the most pruning candidate within budget; catches a backdoor whose "
-        "inverted patch stops working while the real trigger (e.g. a full-image blend) still does")
+        "suspected target afresh on each such candidate (least pruning first, about a tenth of a scan each) and "
+        "take the first that the verdict no longer flags, else the most pruning candidate within budget; catches a "
+        "backdoor whose inverted patch stops working while the real trigger (e.g. a full-image blend) still does")
 
 
 class PruneStage(StrictModel):
@@ -368,7 +368,33 @@ def describe_error(err: dict[str, Any]) -> tuple[str, str]:
     return key, f"{err['msg']}{shown}"
 
 
+# Keys that moved when detectors and repairs became plug-ins: an older pipeline file gets told where each went.
+_NC = ("epochs", "steps_per_epoch", "batch_size", "lr", "success", "patience", "init_cost", "early_stop_epochs",
+       "anomaly_threshold", "max_norm_ratio", "decisive_norm_ratio", "seed")
+MOVED = {
+    **{f"stages.scan.{k}": f"stages.scan.detectors.neural_cleanse.{k}" for k in _NC},
+    "stages.scan.warp": "stages.scan.detectors.warp (its settings, without `enabled`: naming it turns it on)",
+    "stages.scan.grating": "stages.scan.detectors.grating (its settings, without `enabled`: naming it turns it on)",
+    **{f"stages.finetune.{old}": f"stages.finetune.repairs.{new}" for old, new in (
+        ("distill_weight", "distill.weight"), ("distill_temperature", "distill.temperature"),
+        ("distill_mix", "distill.mix"), ("contrastive_weight", "mcl.weight"),
+        ("contrastive_temperature", "mcl.temperature"), ("unlearn_weight", "universal_unlearn.weight"),
+        ("unlearn_radius", "universal_unlearn.radius"), ("unlearn_steps", "universal_unlearn.steps"),
+        ("grating_unlearn_weight", "grating_unlearn.weight"), ("grating_unlearn_on", "grating_unlearn.when"),
+        ("grating_amplitude", "grating_unlearn.amplitude"), ("grating_max_freq", "grating_unlearn.max_freq"),
+        ("grating_candidates", "grating_unlearn.candidates"), ("grating_keep", "grating_unlearn.keep"),
+        ("trigger_unlearn_weight", "trigger_unlearn.weight"), ("trigger_unlearn_steps", "trigger_unlearn.steps"),
+        ("trigger_unlearn_step_size", "trigger_unlearn.step_size"), ("fst", "fst (without `enabled`)"),
+        ("sau", "sau (without `enabled`)"))},
+}
+
+
 def _unknown_key_message(loc: list[str]) -> str:
+    moved = MOVED.get(".".join(loc))
+    if moved is not None:
+        return (f"this key has moved: write it as {moved}; `repairs` lists every repair that runs, so name "
+                "distill too if you want it (docs/pipeline.md)") if ".repairs." in moved else (
+            f"this key has moved: write it as {moved} (docs/pipeline.md)")
     allowed = _allowed_keys(loc[:-1])
     hint = difflib.get_close_matches(loc[-1], allowed, n=1)
     suggestion = f"; did you mean {hint[0]!r}?" if hint else ""

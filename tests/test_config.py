@@ -132,3 +132,13 @@ def test_reinvert_without_scan_or_tie_break_is_a_config_error(tiny_workspace):
                                                            "stages.scan.enabled=true",
                                                            "stages.prune.select.itasr_tolerance=0.05"])
     assert cfg.stages.prune.select.reinvert
+
+
+def test_keys_that_moved_to_plugin_sections_say_where_they_went(tiny_workspace):
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(tiny_workspace / "pipeline.yaml", ["stages.scan.epochs=3", "stages.finetune.distill_weight=0",
+                                                         "stages.finetune.grating_unlearn_on=always"])
+    text = str(err.value)
+    assert "stages.scan.epochs: this key has moved: write it as stages.scan.detectors.neural_cleanse.epochs" in text
+    assert "write it as stages.finetune.repairs.distill.weight" in text
+    assert "stages.finetune.repairs.grating_unlearn.when" in text
