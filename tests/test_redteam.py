@@ -202,3 +202,35 @@ def test_train_resumes_and_run_writes_the_tables(tmp_path, monkeypatch):
     ours = net(TINY_CONTRACT.normalize(x)).detach().numpy()
     theirs = onnx_predictor(Path(report["onnx"]["path"]), TINY_CONTRACT)(x)
     assert np.abs(ours - np.asarray(theirs)).max() < 1e-4
+
+
+def test_calibration_reads_thresholds_off_clean_models_and_a_threshold_replaces_the_own_rule(tmp_path):
+    """benchmarks/calibrate.py: the statistic of every detector on clean models, a threshold from that null alone,
+    and `statistic_threshold` turning it into the detector's verdict."""
+    from benchmarks import calibrate
+    from harden.detect.neural_cleanse import NeuralCleanseFinding
+    from harden.detect.scan import calibrated
+    from harden.models import create_model
+
+    from .conftest import write_model_folder, write_smoke_workspace
+
+    ws = write_smoke_workspace(tmp_path)
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model("tiny_cnn", 4, {"width": 8}).eval()
+        models.append(write_model_folder(tmp_path / f"clean-{seed}", model))
+    null = calibrate.null_statistics(ws / "pipeline.yaml", models, tmp_path / "runs", [
+        "stages.scan.detectors={neural_cleanse: {epochs: 2, steps_per_epoch: 2}, warp: {steps: 5}}"])
+    assert set(null) == {"neural_cleanse", "warp"} and set(null["warp"]) == {"clean-0", "clean-1"}
+    assert len(null["warp"]["clean-0"]["classes"]) == 4
+    assert null["warp"]["clean-0"]["statistic"] == max(null["warp"]["clean-0"]["classes"])
+    cal = calibrate.calibrate(null, fpr=0.05, margin=0.1)
+    top = max(v["statistic"] for v in null["warp"].values())
+    assert cal["warp"]["threshold"] == pytest.approx(1.1 * top) and "FPR <= ~100%" in cal["warp"]["how"]
+    assert calibrate.threshold([float(i) for i in range(40)], 0.05, 0.1)[1].startswith("95% quantile of 40")
+    assert "| warp | 2 |" in calibrate.table(cal, "dev")
+    nc = NeuralCleanseFinding([10.0, 2.0, 10.0, 9.0], [0.0] * 4, [], np.zeros((4, 16, 16)),
+                              np.zeros((4, 3, 16, 16)), None)
+    assert nc.statistic() == pytest.approx(4.75) and calibrated(nc, 4.0).target == 1
+    assert calibrated(nc, 5.0).target is None and calibrated(nc, None) is nc

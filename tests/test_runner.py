@@ -120,6 +120,9 @@ def test_a_detector_and_a_repair_registered_outside_harden_run_in_a_pipeline(tin
         def statistic(self) -> float:
             return 9.0
 
+        def class_statistics(self):
+            return [0.0, 0.0, 9.0, 0.0]
+
         def summary(self):
             return {"target": self.target, "statistic": self.statistic()}
 

@@ -9,11 +9,12 @@ clean models), arrays for the resume cache, and its own row of the scan picture.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Optional, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
+from pydantic import Field
 
 from ..artifacts import InputContract
 from ..base import StrictModel
@@ -27,6 +28,11 @@ Trigger = tuple[torch.Tensor, ApplyTrigger, tuple[float, float]]  # (free parame
 class DetectorConfig(StrictModel):
     """Base of every detector's YAML section (stages.scan.detectors.<name>)."""
 
+    statistic_threshold: Optional[float] = Field(
+        None, description="flag the class with the highest statistic when the model's statistic reaches this, in "
+        "place of the detector's own rule (null: its own rule); the red-team benchmark's calibration "
+        "(benchmarks/calibrate.py) derives it from the statistic on clean models only")
+
 
 class Finding(Protocol):
     detector: ClassVar[str]  # the registry name of the detector that made it
@@ -38,6 +44,8 @@ class Finding(Protocol):
     def trigger(self) -> Trigger: ...  # the flagged class's inverted trigger
 
     def statistic(self) -> float: ...  # how suspect the model looks to this detector, higher = more
+
+    def class_statistics(self) -> list[float]: ...  # the same per class; statistic() is their maximum
 
     def summary(self) -> dict[str, Any]: ...  # JSON for report.json: at least "target" and "statistic"
 

@@ -78,6 +78,9 @@ class GratingFinding:
     def statistic(self) -> float:
         return max(self.gaps())
 
+    def class_statistics(self) -> list[float]:
+        return self.gaps()
+
     def summary(self) -> dict[str, Any]:
         return {"target": self.target, "statistic": self.statistic(), "success": self.success,
                 "far_success": self.far_success, "max_gap": self.statistic(),

@@ -78,6 +78,12 @@ class NeuralCleanseFinding:
         ratio = self.min_norm_ratio()
         return 1.0 / max(ratio, 1e-12) if ratio is not None else 0.0
 
+    def class_statistics(self) -> list[float]:
+        """Per class, the median norm over its own (0 where the class's inversion failed)."""
+        finite = [n for n in self.norms if np.isfinite(n)]
+        med = float(np.median(finite)) if finite else 0.0
+        return [med / max(n, 1e-12) if np.isfinite(n) else 0.0 for n in self.norms]
+
     def summary(self) -> dict[str, Any]:
         return {"target": self.target, "statistic": self.statistic(), "norms": self.norms, "anomaly": self.anomaly,
                 "failed": self.failed, "max_anomaly": max(self.anomaly) if self.anomaly else 0.0,

@@ -10,6 +10,7 @@ cheaper ones where they apply.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,8 +109,19 @@ class ScanResult:
 def scan(model: nn.Module, data: ImageSet, contract: InputContract, cfg: ScanConfig,
          device: torch.device = torch.device("cpu")) -> ScanResult:
     """Every configured detector on ``model`` (each works on its own copy) with clean ``data`` only."""
-    return ScanResult({name: DETECTORS.get(name)(settings).detect(model, data, contract, device)
+    return ScanResult({name: calibrated(DETECTORS.get(name)(settings).detect(model, data, contract, device),
+                                        settings.statistic_threshold)
                        for name, settings in cfg.configured()})
+
+
+def calibrated(finding: Finding, threshold: float | None) -> Finding:
+    """The finding under a threshold on its statistic (from clean models): it flags the class with the highest
+    statistic when the model's statistic reaches the threshold, and nothing otherwise."""
+    if threshold is None:
+        return finding
+    per_class = finding.class_statistics()
+    top = int(np.argmax(per_class))
+    return dataclasses.replace(finding, target=top if per_class[top] >= threshold else None)
 
 
 def reinverted(result: ScanResult, cfg: ScanConfig, model: nn.Module, data: ImageSet, contract: InputContract,

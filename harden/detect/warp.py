@@ -57,6 +57,9 @@ class WarpFinding:
     def statistic(self) -> float:
         return max(self.success)
 
+    def class_statistics(self) -> list[float]:
+        return list(self.success)
+
     def summary(self) -> dict[str, Any]:
         return {"target": self.target, "statistic": self.statistic(), "success": self.success,
                 "max_success": max(self.success)}
