@@ -91,7 +91,7 @@ def test_pipeline_repairs_what_the_grating_scan_found(tiny_cnn, tiny_workspace):
 
     backdoored, _, _ = _planted(tiny_cnn, SineTrigger(target=0, delta=0.1), epochs=40)
     write_model_folder(tiny_workspace / "model", backdoored)
-    small = [f"stages.scan.detectors.grating.{k}={v}" for k, v in SMALL.model_dump().items()]
+    small = [f"stages.scan.detectors.grating.{k}={v}" for k, v in SMALL.model_dump(exclude_none=True).items()]
     cfg = load_pipeline(tiny_workspace / "pipeline.yaml", [
         "stages.scan.enabled=true", "stages.scan.detectors.neural_cleanse.epochs=2",
         "stages.scan.detectors.neural_cleanse.steps_per_epoch=2", *small,
