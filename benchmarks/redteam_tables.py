@@ -78,18 +78,15 @@ def detection(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not mine:
             continue
         names = dict.fromkeys(n for r in mine for n in r["scan"].get("detectors", {}))
+        bad = [r for r in mine if r["attack"] != "clean"]
+        clean = [r for r in mine if r["attack"] == "clean"]
         for name in [*names, VERDICT]:
-            def flagged(scan: dict[str, Any], name: str = name) -> int | None:
-                return flagged_by(scan, name)
-
-            bad = [r for r in mine if r["attack"] != "clean"]
-            clean = [r for r in mine if r["attack"] == "clean"]
-            hits = [r for r in bad if flagged(r["scan"]) is not None]
-            right = [r for r in hits if r.get("target") is not None and flagged(r["scan"]) == r["target"]]
+            hits = [r for r in bad if flagged_by(r["scan"], name) is not None]
+            right = [r for r in hits if r.get("target") is not None and flagged_by(r["scan"], name) == r["target"]]
             out.append({"split": split, "detector": name, "backdoored": len(bad),
                         "flagged_backdoored": len(hits), "right_target": len(right), "clean": len(clean),
-                        "flagged_clean": sum(flagged(r["scan"]) is not None for r in clean),
-                        "missed": [r["model"] for r in bad if flagged(r["scan"]) is None]})
+                        "flagged_clean": sum(flagged_by(r["scan"], name) is not None for r in clean),
+                        "missed": [r["model"] for r in bad if r not in hits]})
     return out
 
 

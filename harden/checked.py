@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import PipelineConfig
 from .repair import REPAIRS
 
 NO_TRIGGER = "none named: no known trigger was checked, so no ASR is reported (name yours under stages.verify.triggers)"
 
 
-def repairs_run(cfg: PipelineConfig, report: dict[str, Any]) -> list[str]:
+def repairs_run(report: dict[str, Any]) -> list[str]:
     """The steps that changed the model, in order, as a reader would name them."""
     done: list[str] = []
     pr = report.get("prune")
@@ -39,10 +38,10 @@ def scan_verdict(report: dict[str, Any]) -> str:
     return f"flagged: {scan['kind']} trigger, class {scan['target']}"
 
 
-def checked(cfg: PipelineConfig, report: dict[str, Any]) -> dict[str, Any]:
+def checked(report: dict[str, Any]) -> dict[str, Any]:
     """report.json's `checked` section."""
     return {"known_triggers": sorted(report.get("asr", {})), "scan": scan_verdict(report),
-            "repairs": repairs_run(cfg, report)}
+            "repairs": repairs_run(report)}
 
 
 def tags(report: dict[str, Any]) -> dict[str, str]:

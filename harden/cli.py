@@ -106,14 +106,14 @@ def list_cmd() -> None:
     from .scorers import SCORERS
 
     con = Console()
+    described = {e.name: e.description for e in STAGES.entries()}
     for title, rows in (
         ("architectures", list_architectures()),
         ("detectors (stages.scan.detectors)", [(e.name, e.description) for e in DETECTORS.entries()]),
         ("scorers", [(e.name, e.description) for e in SCORERS.entries()]),
         ("trigger kinds", [(e.name, e.description) for e in TRIGGERS.entries()]),
         ("attacks (harden zoo train)", [("clean", "no attack")] + [(e.name, e.description) for e in ATTACKS.entries()]),
-        ("stages, in order", [(s.name, {e.name: e.description for e in STAGES.entries()}[s.name])
-                              for s in ordered()]),
+        ("stages, in order", [(s.name, described[s.name]) for s in ordered()]),
     ):
         t = Table(title=title, title_justify="left")
         t.add_column("name")

@@ -30,6 +30,11 @@ class RunContext:
             self.tracker.log_file(path, artifact_folder)
         return path
 
+    def log_history(self, history: list[dict[str, float]]) -> None:
+        """Per-epoch loss and held-out accuracy of a training stage, as MLflow metric steps."""
+        for row in history:
+            self.tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]}, step=int(row["epoch"]))
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from . import checked
 from .detect import DETECTORS
+from .detect.base import flag_text
 
 
 def summary_table(report: dict[str, Any]):
@@ -46,9 +47,7 @@ def detector_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def _generic_row(name: str, summary: dict[str, Any]) -> tuple[str, str, str]:
     """A report read where its plug-in detector is not installed."""
-    target = summary.get("target")
-    return name, f"statistic {summary.get('statistic', float('nan')):.2f}", \
-        "not flagged" if target is None else f"target {target}"
+    return name, f"statistic {summary.get('statistic', float('nan')):.2f}", flag_text(summary.get("target"))
 
 
 def render_summary(report: dict[str, Any]) -> str:

@@ -95,6 +95,20 @@ def stamp(finding: Finding, x: torch.Tensor) -> torch.Tensor:
     return apply(x, params.to(x.device, x.dtype))
 
 
+def flag_text(target: int | None) -> str:
+    """A verdict in the summary table's words."""
+    return "not flagged" if target is None else f"target {target}"
+
+
+def target_array(target: int | None) -> np.ndarray:
+    """A flagged class (or None, stored as -1) for a finding's cache arrays."""
+    return np.array(-1 if target is None else target)
+
+
+def target_from(a: np.ndarray) -> int | None:
+    return None if int(a) < 0 else int(a)
+
+
 def marker(i: int, marked: int | None) -> str:
     """The scan picture's mark on the class whose verdict stands."""
     return " *" if marked == i else ""

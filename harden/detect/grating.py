@@ -31,7 +31,8 @@ from ..artifacts import InputContract
 from ..data import ImageSet
 from ..progress import track
 from ..train import frozen_copy
-from .base import DetectorConfig, Trigger, marker, register_detector
+from .base import (DetectorConfig, Trigger, flag_text, marker, register_detector, target_array,
+                   target_from)
 
 
 class GratingConfig(DetectorConfig):
@@ -88,14 +89,13 @@ class GratingFinding:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"success": np.array(self.success), "far_success": np.array(self.far_success), "peaks": self.peaks,
-                "amplitude": np.array(self.amplitude), "target": np.array(-1 if self.target is None else self.target),
+                "amplitude": np.array(self.amplitude), "target": target_array(self.target),
                 "size": np.array(self.size)}
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> GratingFinding:
-        t = int(a["target"])
         return cls(a["success"].tolist(), a["far_success"].tolist(), a["peaks"], float(a["amplitude"]),
-                   None if t < 0 else t, tuple(int(v) for v in a["size"]))
+                   target_from(a["target"]), tuple(int(v) for v in a["size"]))
 
     def trigger_arrays(self) -> dict[str, np.ndarray]:
         return {"grating": self.pattern(self.target).numpy()}
@@ -126,8 +126,7 @@ class Grating:
 
     @staticmethod
     def row(summary: dict[str, Any]) -> tuple[str, str, str]:
-        flagged = f"target {summary['target']}" if summary["target"] is not None else "not flagged"
-        return "grating scan", f"max gap {summary['max_gap']:.2f}", flagged
+        return "grating scan", f"max gap {summary['max_gap']:.2f}", flag_text(summary["target"])
 
 
 def _add(x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,8 @@ from ..data import ImageSet
 from ..progress import track
 from ..scorers.fusion import MAD_TO_SIGMA
 from ..train import frozen_copy
-from .base import DetectorConfig, Trigger, marker, register_detector
+from .base import (DetectorConfig, Trigger, flag_text, marker, register_detector, target_array,
+                   target_from)
 
 _EPS = 1e-7
 
@@ -92,13 +93,12 @@ class NeuralCleanseFinding:
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"norms": np.array(self.norms), "anomaly": np.array(self.anomaly),
                 "failed": np.array(self.failed, dtype=np.int64), "masks": self.masks, "patterns": self.patterns,
-                "target": np.array(-1 if self.target is None else self.target)}
+                "target": target_array(self.target)}
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> NeuralCleanseFinding:
-        t = int(a["target"])
         return cls(a["norms"].tolist(), a["anomaly"].tolist(), a["failed"].tolist(), a["masks"], a["patterns"],
-                   None if t < 0 else t)
+                   target_from(a["target"]))
 
     def trigger_arrays(self) -> dict[str, np.ndarray]:
         return {"mask": self.masks[self.target], "pattern": self.patterns[self.target]}
@@ -145,8 +145,7 @@ class NeuralCleanse:
 
     @staticmethod
     def row(summary: dict[str, Any]) -> tuple[str, str, str]:
-        flagged = f"target {summary['target']}" if summary["target"] is not None else "not flagged"
-        return "Neural Cleanse", f"max anomaly {summary['max_anomaly']:.2f}", flagged
+        return "Neural Cleanse", f"max anomaly {summary['max_anomaly']:.2f}", flag_text(summary["target"])
 
 
 def anomaly_index(norms: np.ndarray) -> np.ndarray:

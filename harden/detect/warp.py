@@ -24,7 +24,8 @@ from ..artifacts import InputContract
 from ..data import ImageSet
 from ..progress import track
 from ..train import frozen_copy
-from .base import DetectorConfig, Trigger, marker, register_detector
+from .base import (DetectorConfig, Trigger, flag_text, marker, register_detector, target_array,
+                   target_from)
 
 
 class WarpConfig(DetectorConfig):
@@ -66,12 +67,11 @@ class WarpFinding:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"success": np.array(self.success), "fields": self.fields, "max_shift": np.array(self.max_shift),
-                "target": np.array(-1 if self.target is None else self.target)}
+                "target": target_array(self.target)}
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> WarpFinding:
-        t = int(a["target"])
-        return cls(a["success"].tolist(), a["fields"], None if t < 0 else t, float(a["max_shift"]))
+        return cls(a["success"].tolist(), a["fields"], target_from(a["target"]), float(a["max_shift"]))
 
     def trigger_arrays(self) -> dict[str, np.ndarray]:
         return {"field": self.fields[self.target]}
@@ -105,8 +105,7 @@ class Warp:
 
     @staticmethod
     def row(summary: dict[str, Any]) -> tuple[str, str, str]:
-        flagged = f"target {summary['target']}" if summary["target"] is not None else "not flagged"
-        return "warp inversion", f"max success {100 * summary['max_success']:.2f}%", flagged
+        return "warp inversion", f"max success {100 * summary['max_success']:.2f}%", flag_text(summary["target"])
 
 
 def warp_images(x: torch.Tensor, field: torch.Tensor) -> torch.Tensor:

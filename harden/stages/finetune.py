@@ -23,7 +23,6 @@ from ..progress import console
 from ..repair import REPAIRS, Repair, RepairContext, active
 from ..resume import StageCache, load_state, state_to_arrays
 from ..train import TrainSettings, train
-from .polarize import log_history
 
 
 def repairs_for(cfg: FinetuneStage, scan: ScanResult | None) -> dict[str, Repair]:
@@ -77,7 +76,7 @@ class Finetune:
                 ctx.cache.save_arrays("finetune", key, {
                     **{f"w:{k}": v for k, v in state_to_arrays(state.model.model).items()},
                     "result": np.array(json.dumps(dataclasses.asdict(ft)))})
-        log_history(ctx, ft.history)
+        ctx.log_history(ft.history)
         if ft.diverged:
             console.print("[yellow]fine-tuning diverged (held-out accuracy fell); kept the model from before it[/]")
         return {"finetune": {"epochs_run": ft.epochs_run, "best_epoch": ft.best_epoch, "diverged": ft.diverged,

@@ -17,7 +17,7 @@ class Checked:
         return True
 
     def run(self, cfg: PipelineConfig, state: RunState, ctx: RunContext) -> dict[str, Any]:
-        return {"checked": checked.checked(cfg, state.report)}
+        return {"checked": checked.checked(state.report)}
 
 
 @register_stage("gate", 170, "the pre-deployment thresholds, as gate.json and JUnit XML", span=False)

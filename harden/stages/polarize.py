@@ -23,16 +23,10 @@ class Polarize:
         state.model, pol = polarizer.run(cfg.stages.polarize, state.model, inp.tune, inp.heldout, ctx.device,
                                          cfg.seed, lambda m: accuracy(torch_predictor(m, contract, ctx.device),
                                                                       inp.heldout, label="held-out accuracy"))
-        log_history(ctx, pol.history)
+        ctx.log_history(pol.history)
         if pol.diverged:
             console.print("[yellow]polarizer training lost too much held-out accuracy; kept it at identity[/]")
         return {"polarize": {"at": pol.at, "channels": pol.channels, "epochs_run": pol.epochs_run,
                              "diverged": pol.diverged, "heldout_acc_before": pol.heldout_acc_before,
                              "heldout_acc_calibrated": pol.heldout_acc_calibrated,
                              "heldout_acc_after": pol.heldout_acc_after}}
-
-
-def log_history(ctx: RunContext, history: list[dict[str, float]]) -> None:
-    """Per-epoch loss and held-out accuracy of a training stage, as MLflow metric steps."""
-    for row in history:
-        ctx.tracker.log_metrics({"loss": row["loss"], "heldout_acc": row["heldout_acc"]}, step=int(row["epoch"]))
