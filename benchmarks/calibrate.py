@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import redteam  # noqa: E402
-from harden.config import load_pipeline  # noqa: E402
+from harden.config.loading import load_pipeline  # noqa: E402
 from harden.pipeline import run_pipeline  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"

@@ -26,15 +26,15 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harden.artifacts import InputContract  # noqa: E402
-from harden.attacks import PoisonConfig  # noqa: E402
-from harden.attacks.triggers import PatchTrigger  # noqa: E402
-from harden.config import load_pipeline  # noqa: E402
-from harden.data import ImageSet  # noqa: E402
-from harden.models import create_model  # noqa: E402
+from harden.config.loading import load_pipeline  # noqa: E402
+from harden.core.artifacts import InputContract  # noqa: E402
+from harden.core.train import TrainSettings, train  # noqa: E402
+from harden.evaluate.triggers import PatchTrigger  # noqa: E402
+from harden.ingest.data.sources import ImageSet  # noqa: E402
+from harden.ingest.models.registry import create_model  # noqa: E402
 from harden.pipeline import run_pipeline  # noqa: E402
-from harden.train import TrainSettings, train  # noqa: E402
-from harden.zoo import poisoned_training_set  # noqa: E402
+from harden.redteam.recipes import PoisonConfig  # noqa: E402
+from harden.redteam.zoo import poisoned_training_set  # noqa: E402
 
 CONTRACT = InputContract((3, 16, 16), (0.5,) * 3, (0.25,) * 3, ("a", "b", "c", "d"))
 VOLATILE = {"seconds", "path", "mlflow", "latency", "latency_vs_fp32", "config", "resumed_from_cache", "out_dir",

@@ -22,8 +22,8 @@ sys.path.insert(0, str(REPO))
 
 def source_onnx(folder: Path, out: Path) -> Path:
     """The unpruned source model as ONNX, exported once per run folder."""
-    from harden.models.loading import load_model
-    from harden.stages.export import write_reference
+    from harden.deploy.onnx import write_reference
+    from harden.ingest.models.loading import load_model
 
     path = out / "source.onnx"
     if not path.is_file():
@@ -48,7 +48,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     from benchmarks.run import publish
-    from harden.latency import compare
+    from harden.deploy.latency import compare
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", type=Path, help="a folder of run folders (each with model.onnx and report.json)")

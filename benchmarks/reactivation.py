@@ -17,15 +17,14 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from harden.artifacts import InputContract
-from harden.attacks import build_trigger
-from harden.attacks.groundtruth import read_attack, trigger_from_attack
-from harden.data import ImageSet
-from harden.data.sources import _digest
-from harden.evaluate import attack_metrics, torch_predictor
-from harden.models.loading import load_model
-from harden.train import TrainSettings, train
-from harden.zoo import _stamp
+from harden.core.artifacts import InputContract
+from harden.core.train import TrainSettings, train
+from harden.evaluate.metrics import attack_metrics, torch_predictor
+from harden.evaluate.triggers import build_trigger
+from harden.ingest.data.sources import ImageSet, _digest
+from harden.ingest.models.loading import load_model
+from harden.redteam.groundtruth import read_attack, trigger_from_attack
+from harden.redteam.zoo import _stamp
 
 POISONED = 50
 
@@ -91,7 +90,7 @@ def check(model: nn.Module, folder: Path, contract: InputContract, tune: ImageSe
 
 def run_inputs(run_dir: Path):
     """The run's own inputs (model, tune split, test set), rebuilt from its config.resolved.yaml as ingest made them."""
-    from harden.config import load_pipeline
+    from harden.config.loading import load_pipeline
     from harden.stages import ingest
 
     return ingest.run(load_pipeline(run_dir / "config.resolved.yaml"))

@@ -273,11 +273,11 @@ def floors(spec: Spec, root: Path, models: list[Entry], runs: Path) -> dict[str,
     the same split when there is one). Cached in RUNS/floors.json; ground truth, report only."""
     import torch
 
-    from harden.attacks import build_trigger
-    from harden.attacks.groundtruth import read_attack, trigger_from_attack
-    from harden.data import load_images
-    from harden.evaluate import attack_metrics, torch_predictor
-    from harden.models.loading import load_model
+    from harden.evaluate.metrics import attack_metrics, torch_predictor
+    from harden.evaluate.triggers import build_trigger
+    from harden.ingest.data.sources import load_images
+    from harden.ingest.models.loading import load_model
+    from harden.redteam.groundtruth import read_attack, trigger_from_attack
 
     cache_file = runs / "floors.json"
     known = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
@@ -307,8 +307,8 @@ def run(spec: Spec, root: Path, pipeline: Path, split: str | None, name: str, ov
 
     from benchmarks import redteam_tables as tables
     from benchmarks.run import publish
-    from harden.attacks.groundtruth import read_attack
-    from harden.checked import scan_verdict
+    from harden.evaluate.checked import scan_verdict
+    from harden.redteam.groundtruth import read_attack
 
     chosen = [m for m in spec.models if split in (None, m.split)]
     built = [m for m in chosen if state(spec, m, root) == "built"]

@@ -23,11 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.run import model_folders, publish  # noqa: E402
-from harden.attacks import build_trigger  # noqa: E402
-from harden.attacks.groundtruth import read_attack, trigger_from_attack  # noqa: E402
-from harden.data import load_images  # noqa: E402
-from harden.evaluate import predictions, torch_predictor  # noqa: E402
-from harden.models.loading import load_model  # noqa: E402
+from harden.evaluate.metrics import predictions, torch_predictor  # noqa: E402
+from harden.evaluate.triggers import build_trigger  # noqa: E402
+from harden.ingest.data.sources import load_images  # noqa: E402
+from harden.ingest.models.loading import load_model  # noqa: E402
+from harden.redteam.groundtruth import read_attack, trigger_from_attack  # noqa: E402
 
 MIN_ASR = {"sig": 0.80, "trojannn": 0.80}  # clean-label and optimised-patch attacks: the lower bar
 DEFAULT_MIN_ASR = 0.90

@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.latency import source_onnx  # noqa: E402
-from harden.attacks.groundtruth import read_attack, trigger_from_attack  # noqa: E402
-from harden.config import digest_of_resolved, load_pipeline  # noqa: E402
-from harden.errors import HardenError  # noqa: E402
-from harden.latency import compare  # noqa: E402
+from harden.config.loading import digest_of_resolved, load_pipeline  # noqa: E402
+from harden.core.errors import HardenError  # noqa: E402
+from harden.deploy.latency import compare  # noqa: E402
 from harden.pipeline import run_pipeline  # noqa: E402
+from harden.redteam.groundtruth import read_attack, trigger_from_attack  # noqa: E402
 
 
 def model_folders(root: Path) -> list[Path]:
@@ -112,10 +112,10 @@ def row(pipeline: str, folder: Path, attack: dict[str, Any], r: dict[str, Any], 
 def trigger_floors(folders: list[Path], test_path: Path | None) -> dict[str, float]:
     """Each attack's floor: the ASR of the clean model(s) on that trigger (test images sent to the target that no
     defense can be blamed for). DER and 'ASR after' are judged against it. Ground truth, report only."""
-    from harden.attacks import build_trigger
-    from harden.data import load_images
-    from harden.evaluate import attack_metrics, torch_predictor
-    from harden.models.loading import load_model
+    from harden.evaluate.metrics import attack_metrics, torch_predictor
+    from harden.evaluate.triggers import build_trigger
+    from harden.ingest.data.sources import load_images
+    from harden.ingest.models.loading import load_model
 
     clean = [f for f in folders if (read_attack(f) or {}).get("attack") == "clean"]
     if not clean or test_path is None:

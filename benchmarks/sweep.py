@@ -23,9 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.run import configure, model_folders  # noqa: E402
-from harden.attacks import build_trigger  # noqa: E402
-from harden.evaluate import accuracy, attack_metrics, torch_predictor  # noqa: E402
-from harden.stages import ingest, prune, score, select  # noqa: E402
+from harden.evaluate.metrics import accuracy, attack_metrics, torch_predictor  # noqa: E402
+from harden.evaluate.triggers import build_trigger  # noqa: E402
+from harden.prune import remove as prune  # noqa: E402
+from harden.prune import select
+from harden.stages import ingest, score
 
 SWEEP = {"clp": [4.0, 3.5, 3.0, 2.75, 2.5, 2.25, 2.0, 1.75, 1.5],  # per scorer, in its score units
          "anp": [0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],

@@ -22,9 +22,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harden.attacks import ATTACKS, AttackParams, build_trigger  # noqa: E402
-from harden.attacks.groundtruth import read_attack, trigger_from_attack  # noqa: E402
-from harden.attacks.recipes import resolve  # noqa: E402
+from harden.evaluate.triggers import build_trigger  # noqa: E402
+from harden.redteam.groundtruth import read_attack, trigger_from_attack  # noqa: E402
+from harden.redteam.recipes import (
+    ATTACKS,
+    AttackParams,
+    resolve,  # noqa: E402
+)
 
 
 def main() -> None:
@@ -40,7 +44,7 @@ def main() -> None:
         img = torch.from_numpy(z["x"][args.index]).permute(2, 0, 1).float()[None] / 255.0
     reference = None
     if args.reference is not None:
-        from harden.models.loading import load_model
+        from harden.ingest.models.loading import load_model
 
         reference = load_model(args.reference)
     panels = [("clean image", img)]

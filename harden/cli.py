@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.table import Table
 
-from . import __version__
-from .errors import HardenError
-from .gate import GATE_FAILED
+from harden import __version__
+from harden.config.loading import load_pipeline, read_yaml_model
+from harden.core.errors import HardenError
+from harden.core.stage import STAGES, ordered
+from harden.deploy.gate import GATE_FAILED
+from harden.deploy.triton import triton_repository
+from harden.detect import DETECTORS
+from harden.evaluate.triggers import TRIGGERS, build_trigger
+from harden.ingest.models.registry import list_architectures
+from harden.lineage.registry import inspect, render
+from harden.lineage.registry import promote as do_promote
+from harden.pipeline import run_pipeline
+from harden.prune.scorers import SCORERS
+from harden.report.summary import render_summary
+from harden.scoring_preview import preview
+from harden.stages import ingest
 
 EXIT_USER_ERROR = 2
 
@@ -44,9 +61,6 @@ def run(pipeline: Path, out: Path | None, overrides: tuple[str, ...], resume: bo
     Exit codes: 0 done (and the gate passed, if enabled); 2 could not run (a mistake in the YAML, the model or the
     data: the message says which); 3 the gate failed (gate.json and gate-junit.xml list the checks)."""
     try:
-        from .config import load_pipeline
-        from .pipeline import run_pipeline
-        from .summary import render_summary
 
         cfg = load_pipeline(pipeline, list(overrides))
         out_dir = (out or cfg.out or Path("harden-runs") / cfg.name).resolve()
@@ -77,9 +91,6 @@ def run(pipeline: Path, out: Path | None, overrides: tuple[str, ...], resume: bo
 def validate(pipeline: Path, overrides: tuple[str, ...]) -> None:
     """Check PIPELINE without running it: keys, types, files, model weights and data shapes."""
     try:
-        from .config import load_pipeline
-        from .stages import ingest
-        from .attacks import build_trigger
 
         cfg = load_pipeline(pipeline, list(overrides))
         inp = ingest.run(cfg)
@@ -95,15 +106,7 @@ def validate(pipeline: Path, overrides: tuple[str, ...]) -> None:
 @cli.command("list")
 def list_cmd() -> None:
     """List registered architectures, detectors, scorers, trigger kinds and stages."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from . import stages  # noqa: F401  (registers the built-in stages)
-    from .attacks import ATTACKS, TRIGGERS
-    from .core.stage import STAGES, ordered
-    from .detect import DETECTORS
-    from .models import list_architectures
-    from .scorers import SCORERS
+    from harden.redteam.recipes import ATTACKS  # red-team tools load only here and in `zoo`: harden run never does
 
     con = Console()
     described = {e.name: e.description for e in STAGES.entries()}
@@ -135,8 +138,6 @@ def score_cmd(pipeline: Path, out: Path | None, overrides: tuple[str, ...]) -> N
     the tie-break), so the cut shown is the cut `harden run` makes. Writes scores.json (every method's scores, the
     fused ones, and the selection) and one PNG of per-layer histograms per method."""
     try:
-        from .config import load_pipeline
-        from .scoring_preview import preview
 
         cfg = load_pipeline(pipeline, list(overrides))
         out_dir = (out or (cfg.out or Path("harden-runs") / cfg.name) / "score").resolve()
@@ -154,9 +155,7 @@ def score_cmd(pipeline: Path, out: Path | None, overrides: tuple[str, ...]) -> N
 def inspect_cmd(model_uri: str, tracking_uri: str | None, as_json: bool) -> None:
     """Show a registered version (models:/NAME/VERSION or models:/NAME@ALIAS): aliases, gate, figures, and its
     lineage back to the source model file and the clean data (sha256s)."""
-    import json
 
-    from .modelstore import inspect, render
 
     try:
         doc = inspect(model_uri, tracking_uri)
@@ -172,7 +171,6 @@ def inspect_cmd(model_uri: str, tracking_uri: str | None, as_json: bool) -> None
 @click.option("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI).")
 def promote(model_uri: str, alias: str, tracking_uri: str | None) -> None:
     """Point ALIAS at the version in MODEL_URI; refused unless that version's harden gate passed."""
-    from .modelstore import promote as do_promote
 
     try:
         version = do_promote(model_uri, alias, tracking_uri)
@@ -198,7 +196,6 @@ def export_group() -> None:
 def export_triton(onnx_path: Path, repo: Path, name: str | None, version: int, max_batch_size: int, instances: int,
                   gpu: bool) -> None:
     """Write a Triton model repository (config.pbtxt with dims and dynamic batching, labels.txt) for ONNX_PATH."""
-    from .serving import triton_repository
 
     try:
         folder = triton_repository(onnx_path, repo, name or onnx_path.resolve().parent.name, version, max_batch_size,
@@ -215,7 +212,6 @@ def zoo() -> None:
 
 
 def _data_default(name: str) -> Path:
-    import os
 
     return Path(os.environ.get("HARDEN_DATA", "../shared/data")) / "cifar10" / name
 
@@ -249,9 +245,9 @@ def zoo_train(attack: str, out: Path, arch: str, width: int, train_path: Path | 
     """Train a model attacked with ATTACK (or `clean`) and write config.json, model.safetensors, model.onnx,
     attack.json and trigger.npz. Attacks: see `harden list`."""
     try:
-        from .attacks import AttackParams
-        from .config import read_yaml_model
-        from .zoo import ZooJob, train_zoo_model
+        # red-team tools load only here and in `list`: the hardening path never imports harden.redteam
+        from harden.redteam.recipes import AttackParams
+        from harden.redteam.zoo import ZooJob, train_zoo_model
 
         job = ZooJob(
             attack=attack, out=out, train_path=train_path or _data_default("train.npz"),

@@ -13,14 +13,17 @@ import numpy as np
 import torch
 import yaml
 
-from . import __version__, report_html, stages  # noqa: F401  (importing the package adds the built-in stages)
-from .config import PipelineConfig, resolved_dict
-from .context import RunContext, resolve_device
-from .core.stage import Stage, order_of, ordered
-from .core.state import RunState
-from .lineage import atomic_write_bytes, make_tracker
-from .progress import console
-from .resume import StageCache
+from harden import __version__
+from harden.config.loading import resolved_dict
+from harden.config.schema import PipelineConfig
+from harden.core.context import RunContext, resolve_device
+from harden.core.io import atomic_write_bytes
+from harden.core.progress import console
+from harden.core.resume import StageCache
+from harden.core.stage import Stage, order_of, ordered
+from harden.core.state import RunState
+from harden.lineage.tracker import make_tracker
+from harden.report import html as report_html  # noqa: F401  (importing the package adds the built-in stages)
 
 
 @dataclass

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import PipelineConfig
-from .errors import HardenError
-from .lineage import atomic_write_bytes
-from .pipeline import run_pipeline
-from .plots import score_histograms
-from .stages.prune import masked_model
+from harden.config.schema import PipelineConfig
+from harden.core.errors import HardenError
+from harden.core.io import atomic_write_bytes
+from harden.pipeline import run_pipeline
+from harden.prune.remove import masked_model
+from harden.report.plots import score_histograms
 
 
 def preview(cfg: PipelineConfig, out_dir: Path) -> str:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import harden.models  # noqa: F401  (registers architectures)
-from harden.artifacts import InputContract
-from harden.models import create_model
+import harden.ingest.models  # noqa: F401  (registers architectures)
+from harden.core.artifacts import InputContract
+from harden.ingest.models.registry import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HARDEN_SHARED", REPO.parent / "shared"))
@@ -100,8 +100,8 @@ tracking: {experiment: smoke}
 @pytest.fixture(scope="session")
 def trained_tiny() -> torch.nn.Module:
     """tiny_cnn trained to >90% on the synthetic task, so pruning has accuracy to lose."""
-    from harden.data.sources import ImageSet
-    from harden.train import TrainSettings, train
+    from harden.core.train import TrainSettings, train
+    from harden.ingest.data.sources import ImageSet
 
     torch.manual_seed(0)
     x, y = synthetic_images(256, 0)
@@ -124,12 +124,12 @@ def write_smoke_workspace(ws: Path) -> Path:
 def backdoored_tiny_model():
     """tiny_cnn trained on synthetic images with 15 % poisoned by a white 3-pixel patch to class 0:
     (model, 200 held-out images, the trigger)."""
-    from harden.attacks import PoisonConfig
-    from harden.attacks.triggers import PatchTrigger
-    from harden.data.sources import ImageSet
-    from harden.evaluate import accuracy, torch_predictor
-    from harden.train import TrainSettings, train
-    from harden.zoo import poisoned_training_set
+    from harden.core.train import TrainSettings, train
+    from harden.evaluate.metrics import accuracy, torch_predictor
+    from harden.evaluate.triggers import PatchTrigger
+    from harden.ingest.data.sources import ImageSet
+    from harden.redteam.recipes import PoisonConfig
+    from harden.redteam.zoo import poisoned_training_set
 
     data = ImageSet(*synthetic_images(800, seed=7), "train", "0")
     trig = PatchTrigger(target=0, size=3, value=1.0)

@@ -4,12 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from harden.artifacts import ModelArtifact
-from harden.attacks import ATTACKS, AttackParams, PoisonConfig, build_trigger, poison_indices
-from harden.attacks.recipes import resolve
-from harden.attacks.triggers import BitDepthTrigger, LowFrequencyTrigger, PatchTrigger, low_frequency_pattern
-from harden.errors import ConfigError
-from harden.models.surgery import find_classifier
+from harden.core.artifacts import ModelArtifact
+from harden.core.errors import ConfigError
+from harden.evaluate.triggers import (
+    BitDepthTrigger,
+    LowFrequencyTrigger,
+    PatchTrigger,
+    build_trigger,
+    low_frequency_pattern,
+)
+from harden.prune.surgery import find_classifier
+from harden.redteam.recipes import ATTACKS, AttackParams, PoisonConfig, poison_indices, resolve
 
 from .conftest import TINY_CONTRACT
 
@@ -103,7 +108,7 @@ def test_poisoning_ratio_pool_and_labels():
 
 
 def test_trojan_patch_excites_its_feature_more_than_a_random_patch(tiny_cnn):
-    from harden.attacks.trojan import optimise_patch
+    from harden.redteam.trojan import optimise_patch
 
     ref = _reference(tiny_cnn)
     arrays = optimise_patch(ref, (3, 16, 16), size=5, steps=60, seed=0)
@@ -121,7 +126,8 @@ def test_trojan_patch_excites_its_feature_more_than_a_random_patch(tiny_cnn):
 
 
 def test_input_aware_triggers_are_per_image_and_the_hook_trains_generator_and_model(tiny_cnn):
-    from harden.attacks.input_aware import InputAwareHook, TriggerGenerator, stamp
+    from harden.evaluate.generator import TriggerGenerator, stamp
+    from harden.redteam.input_aware import InputAwareHook
 
     torch.manual_seed(0)
     gen, x = TriggerGenerator(8), _x(8)
@@ -145,8 +151,8 @@ def test_input_aware_triggers_are_per_image_and_the_hook_trains_generator_and_mo
 
 
 def test_dynamic_trigger_reads_its_generator_under_any_prefix(tmp_path):
-    from harden.attacks.input_aware import TriggerGenerator, generator_arrays
-    from harden.attacks.triggers import GENERATOR_PREFIX, DynamicTrigger
+    from harden.evaluate.generator import GENERATOR_PREFIX, TriggerGenerator, generator_arrays
+    from harden.evaluate.triggers import DynamicTrigger
 
     torch.manual_seed(0)
     arrays = generator_arrays(TriggerGenerator(8).eval())

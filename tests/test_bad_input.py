@@ -158,7 +158,7 @@ def test_full_disk_is_a_clear_error_and_leaves_no_temp_file(tiny_workspace, monk
     import errno
     import os
 
-    from harden import lineage
+    from harden.lineage import tracker as lineage
 
     real = os.fsync
 

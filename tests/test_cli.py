@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from harden.cli import cli
-from harden.errors import StageError
+from harden.core.errors import StageError
 
 
 def _harden(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -147,7 +147,7 @@ def test_score_previews_fused_scores_without_pruning(tiny_workspace):
 def test_tracking_store_of_one_run_does_not_leak_into_the_next(tmp_path, monkeypatch):
     import os
 
-    from harden.lineage import MlflowTracker, default_tracking_uri
+    from harden.lineage.tracker import MlflowTracker, default_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     MlflowTracker(default_tracking_uri(tmp_path / "a"), "x", tmp_path / "a")

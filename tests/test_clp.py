@@ -1,6 +1,6 @@
 import torch
 
-from harden.scorers.clp import ClpConfig, ClpScorer, uclc
+from harden.prune.scorers.clp import ClpConfig, ClpScorer, uclc
 
 
 def test_contract_every_conv_scored_finite_and_deterministic(tiny_cnn):
@@ -32,7 +32,7 @@ def test_uclc_matches_definition_and_includes_bn_eps(tiny_cnn):
 
 
 def test_post_add_bn_is_used_for_preact_convs():
-    from harden.models import create_model
+    from harden.ingest.models.registry import create_model
 
     model = create_model("preact_resnet18", 10, {"width": 8}).eval()
     with torch.no_grad():

@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from harden.config import PipelineConfig, load_pipeline
-from harden.errors import ConfigError
-from harden.scorers import SCORERS
+from harden.config.loading import load_pipeline
+from harden.config.schema import PipelineConfig
+from harden.core.errors import ConfigError
+from harden.prune.scorers import SCORERS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,8 +96,8 @@ def test_shipped_pipelines_validate_against_the_schema(yaml_file, monkeypatch):
 
 
 def test_missing_files_are_reported_together_with_schema_mistakes(tmp_path):
-    from harden.config import load_pipeline
-    from harden.errors import ConfigError
+    from harden.config.loading import load_pipeline
+    from harden.core.errors import ConfigError
 
     bad = tmp_path / "p.yaml"
     bad.write_text("model: {path: nowhere}\ndata: {clean: {path: missing.npz, heldout_fraction: 2}}\n"
@@ -110,7 +111,7 @@ def test_missing_files_are_reported_together_with_schema_mistakes(tmp_path):
 def test_digest_ignores_defaults_and_survives_a_resolved_round_trip(tiny_workspace, tmp_path):
     import yaml
 
-    from harden.config import digest_of_resolved, resolved_dict
+    from harden.config.loading import digest_of_resolved, resolved_dict
 
     cfg = load_pipeline(tiny_workspace / "pipeline.yaml")
     spelled = load_pipeline(tiny_workspace / "pipeline.yaml", ["stages.polarize.enabled=false"])  # the default

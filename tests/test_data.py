@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from harden.data import load_images, stratified_split
-from harden.errors import DataError
+from harden.core.errors import DataError
+from harden.ingest.data.sources import load_images, stratified_split
 
 from .conftest import TINY_CONTRACT, synthetic_images
 

@@ -2,7 +2,7 @@
 
 import json
 
-from harden.config import load_pipeline
+from harden.config.loading import load_pipeline
 from harden.pipeline import run_pipeline
 
 

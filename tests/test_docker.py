@@ -54,9 +54,9 @@ def test_images_follow_pyproject():
     for text in (cpu, gpu, (REPO / "docker" / "Dockerfile.serve").read_text()):
         for minor in re.findall(r"python:?3\.(\d+)", text):
             assert int(minor) >= int(low.group(1)), "an image's Python is older than requires-python allows"
-    serve_imports = re.findall(r"^(?:from|import) (\S+)", (REPO / "harden" / "serve.py").read_text(), re.M)
+    serve_imports = re.findall(r"^(?:from|import) (\S+)", (REPO / "harden" / "deploy" / "http.py").read_text(), re.M)
     assert not {m.split(".")[0] for m in serve_imports} & {"torch", "mlflow", "harden"}, \
-        "the serving image ships serve.py without torch, mlflow or the rest of harden"
+        "the serving image ships deploy/http.py without torch, mlflow or the rest of harden"
 
 
 @pytest.mark.parametrize("name", ["github-actions.yml", "gitlab-ci.yml"])

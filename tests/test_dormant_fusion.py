@@ -3,15 +3,14 @@
 import pytest
 import torch
 
-from harden.errors import StageError
-
-from harden.artifacts import ChannelScores, LayerScores
-from harden.data import ImageSet
-from harden.models import create_model
-from harden.models.surgery import feature_producers, find_classifier
-from harden.scorers.dormant import DormantConfig, DormantScorer
-from harden.scorers.fusion import FusionConfig, fuse, standardise
-from harden.stages.select import top_fraction
+from harden.core.artifacts import ChannelScores, LayerScores
+from harden.core.errors import StageError
+from harden.ingest.data.sources import ImageSet
+from harden.ingest.models.registry import create_model
+from harden.prune.scorers.dormant import DormantConfig, DormantScorer
+from harden.prune.scorers.fusion import FusionConfig, fuse, standardise
+from harden.prune.select import top_fraction
+from harden.prune.surgery import feature_producers, find_classifier
 
 from .conftest import TINY_CONTRACT, synthetic_images
 
@@ -69,8 +68,8 @@ def test_top_fraction_flags_the_global_top_share():
 
 
 def test_fused_pipeline_config_runs_two_scorers(tiny_cnn):
-    from harden.artifacts import ModelArtifact
-    from harden.config import ScoreStage
+    from harden.config.schema import ScoreStage
+    from harden.core.artifacts import ModelArtifact
     from harden.stages import score
 
     art = ModelArtifact(tiny_cnn, "tiny_cnn", {}, TINY_CONTRACT, None, "", find_classifier(tiny_cnn))
@@ -82,7 +81,7 @@ def test_fused_pipeline_config_runs_two_scorers(tiny_cnn):
 
 
 def test_anp_scores_are_not_blown_up_where_anp_found_nothing():
-    from harden.scorers.fusion import standardise
+    from harden.prune.scorers.fusion import standardise
 
     quiet = torch.tensor([0.0] * 30 + [0.01, 0.02, 0.04])  # masks 0.96-1.0: nothing there
     assert standardise(quiet, "zscore").max() > 3  # a plain robust z-score calls it an outlier

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from harden.artifacts import ModelArtifact
-from harden.config import ExportStage
-from harden.data.sources import ImageSet
-from harden.errors import ExportParityError
+from harden.config.schema import ExportStage
+from harden.core.artifacts import ModelArtifact
+from harden.core.errors import ExportParityError
+from harden.ingest.data.sources import ImageSet
 from harden.stages import export
 
 from .conftest import TINY_CONTRACT, synthetic_images

@@ -8,10 +8,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harden.config import load_pipeline
-from harden.data import load_images
-from harden.errors import HardenError
-from harden.models.loading import check_safetensors
+from harden.config.loading import load_pipeline
+from harden.core.errors import HardenError
+from harden.ingest.data.sources import load_images
+from harden.ingest.models.loading import check_safetensors
 
 from .conftest import TINY_CONTRACT
 

@@ -5,8 +5,8 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from harden.config import PipelineConfig
-from harden.gate import GateConfig, evaluate, write_results
+from harden.config.schema import PipelineConfig
+from harden.deploy.gate import GateConfig, evaluate, write_results
 
 from .test_cli import _harden, _mlflow_client
 
@@ -89,8 +89,8 @@ def test_int8_file_and_latency_face_the_same_limits():
 
 
 def test_int8_and_latency_checks_need_the_export(tiny_workspace):
-    from harden.config import load_pipeline
-    from harden.errors import ConfigError
+    from harden.config.loading import load_pipeline
+    from harden.core.errors import ConfigError
 
     for bad in (["stages.int8.enabled=true"], ["gate.enabled=true", "gate.max_latency_ratio=1.0"]):
         with pytest.raises(ConfigError, match="needs stages.export"):

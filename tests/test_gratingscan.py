@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from harden.attacks.triggers import SineTrigger
-from harden.config import FinetuneStage
+from harden.config.schema import FinetuneStage
 from harden.detect import ScanResult
 from harden.detect.grating import GratingConfig, GratingFinding, far_from, grating_scan
 from harden.detect.neural_cleanse import NeuralCleanseFinding
-from harden.plots import inverted_triggers
+from harden.evaluate.triggers import SineTrigger
+from harden.report.plots import inverted_triggers
 from harden.stages.finetune import repairs_for
 
 from .conftest import TINY_CONTRACT
@@ -83,9 +83,9 @@ def test_grating_unlearning_replaces_the_fixed_trigger_repairs_only_on_a_grating
 def test_pipeline_repairs_what_the_grating_scan_found(tiny_cnn, tiny_workspace):
     """Through `harden run`'s pipeline: a grating verdict turns grating unlearning on in place of MCL and trigger
     unlearning, and the peak grating's ASR on held-out images falls."""
-    from harden.config import load_pipeline
+    from harden.config.loading import load_pipeline
     from harden.pipeline import run_pipeline
-    from harden.summary import render_summary
+    from harden.report.summary import render_summary
 
     from .conftest import write_model_folder
 

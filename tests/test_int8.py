@@ -5,7 +5,7 @@ import json
 import onnx
 import pytest
 
-from harden.config import load_pipeline
+from harden.config.loading import load_pipeline
 from harden.pipeline import run_pipeline
 
 

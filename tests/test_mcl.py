@@ -3,10 +3,10 @@ import math
 
 import torch
 
-from harden.config import PruneStage
+from harden.config.schema import PruneStage
+from harden.ingest.models.registry import create_model
+from harden.prune import remove as prune
 from harden.repair.mcl import ContrastiveHook, kept_features
-from harden.models import create_model
-from harden.stages import prune
 
 from .conftest import TINY_CONTRACT
 from .test_prune import _artifact, _randomize_bn, _scores

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harden.errors import ModelLoadError
-from harden.models import ARCHITECTURES, create_model
-from harden.models.loading import load_model
-from harden.models.surgery import find_classifier, pair_convs_with_bns
+from harden.core.errors import ModelLoadError
+from harden.ingest.models.loading import load_model
+from harden.ingest.models.registry import ARCHITECTURES, create_model
+from harden.prune.surgery import find_classifier, pair_convs_with_bns
 
 from .conftest import TINY_CONTRACT, write_model_folder
 
@@ -153,7 +153,7 @@ def test_torchscript_with_a_load_hook_is_refused(tmp_path):
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])  # dynamo folds every conv's BN; legacy keeps them
 def test_onnx_file_rebuilds_the_architecture_exactly(tmp_path, tiny_cnn, exporter):
-    from harden.stages.export import finalize, to_onnx
+    from harden.deploy.onnx import finalize, to_onnx
 
     from .conftest import write_model_folder
 
@@ -175,7 +175,7 @@ def test_python_entry_point_needs_trust_code(tmp_path, tiny_cnn):
     (tmp_path / "vendor_arch.py").write_text(
         "import pathlib\n"
         f"pathlib.Path({str(marker)!r}).touch()\n"
-        "from harden.models.tiny import TinyCNN\n"
+        "from harden.ingest.models.tiny import TinyCNN\n"
         "def build(num_classes, width=8):\n"
         "    return TinyCNN(num_classes, width)\n")
     weights = tmp_path / "w.safetensors"

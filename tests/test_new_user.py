@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from harden.cli import cli
-from harden.config import load_pipeline
-from harden.errors import ModelLoadError
-from harden.models.loading import load_model
+from harden.config.loading import load_pipeline
+from harden.core.errors import ModelLoadError
+from harden.ingest.models.loading import load_model
 from harden.stages.register import registered_name
 
 from .conftest import SMOKE_YAML, write_model_folder

@@ -4,14 +4,14 @@ import ast
 from pathlib import Path
 
 HARDEN = Path(__file__).resolve().parents[1] / "harden"
-ALLOWED = {"attacks/groundtruth.py", "attacks/__init__.py", "zoo.py", "cli.py"}
+ALLOWED = {"cli.py"}  # and the red-team package, which trains the models and writes their ground truth
 
 
 def test_deciding_code_never_imports_ground_truth_or_reads_attack_json():
     offenders = []
     for path in HARDEN.rglob("*.py"):
         rel = path.relative_to(HARDEN).as_posix()
-        if rel in ALLOWED:
+        if rel in ALLOWED or rel.startswith("redteam/"):
             continue
         source = path.read_text()
         tree = ast.parse(source)

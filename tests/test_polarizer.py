@@ -3,11 +3,11 @@ import copy
 import pytest
 import torch
 
-from harden import polarizer
-from harden.artifacts import ModelArtifact
-from harden.config import ExportStage
-from harden.data import ImageSet
-from harden.models import create_model
+from harden.config.schema import ExportStage
+from harden.core.artifacts import ModelArtifact
+from harden.ingest.data.sources import ImageSet
+from harden.ingest.models.registry import create_model
+from harden.repair import polarizer
 from harden.stages import export
 
 from .conftest import TINY_CONTRACT, synthetic_images

@@ -3,12 +3,12 @@ import copy
 import pytest
 import torch
 
-from harden.artifacts import ChannelScores, InputContract, LayerScores, ModelArtifact
-from harden.config import PruneStage
-from harden.models import create_model
-from harden.models import surgery
-from harden.models.surgery import find_classifier
-from harden.stages import prune
+from harden.config.schema import PruneStage
+from harden.core.artifacts import ChannelScores, InputContract, LayerScores, ModelArtifact
+from harden.ingest.models.registry import create_model
+from harden.prune import remove as prune
+from harden.prune import surgery
+from harden.prune.surgery import find_classifier
 
 
 def _artifact(model, size=32, classes=10):

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from benchmarks import redteam
-from harden.attacks import AttackParams, build_trigger
-from harden.attacks.recipes import resolve
-from harden.attacks.triggers import EncodedTrigger, FilterTrigger, JpegTrigger, PatchTrigger
-from harden.data import load_images
-from harden.errors import ConfigError
-from harden.zoo import _in_pieces, poisoned_training_set
+from harden.core.errors import ConfigError
+from harden.evaluate.triggers import EncodedTrigger, FilterTrigger, JpegTrigger, PatchTrigger, build_trigger
+from harden.ingest.data.sources import load_images
+from harden.redteam.recipes import AttackParams, resolve
+from harden.redteam.zoo import _in_pieces, poisoned_training_set
 
 from .conftest import TINY_CONTRACT, synthetic_images
 
@@ -43,7 +42,7 @@ def test_the_spec_covers_what_the_benchmark_promises():
     assert len(targets - {0}) >= 5
     ratios = {m.params.get("poison", {}).get("ratio") for m in backdoored}
     assert {0.01, 0.05} <= ratios
-    from harden.attacks import ATTACKS
+    from harden.redteam.recipes import ATTACKS
 
     assert {m.attack for m in backdoored} <= set(ATTACKS.names())
     assert set(ATTACKS.names()) <= {m.attack for m in backdoored}, "every `harden zoo train` recipe is in the set"
@@ -192,7 +191,7 @@ def test_train_resumes_and_run_writes_the_tables(tmp_path, monkeypatch):
     assert "Re-activation" in table and "reactivation" not in rows["tiny-clean"]
     # the re-activation checks start from the hardened network itself: the same logits as the exported ONNX
     from benchmarks.reactivation import hardened_model
-    from harden.evaluate import onnx_predictor
+    from harden.evaluate.metrics import onnx_predictor
 
     run_dir = Path(rows["tiny-badnets"]["run"])
     report = json.loads((run_dir / "report.json").read_text())
@@ -210,7 +209,7 @@ def test_calibration_reads_thresholds_off_clean_models_and_a_threshold_replaces_
     from benchmarks import calibrate
     from harden.detect.neural_cleanse import NeuralCleanseFinding
     from harden.detect.scan import calibrated
-    from harden.models import create_model
+    from harden.ingest.models.registry import create_model
 
     from .conftest import write_model_folder, write_smoke_workspace
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harden.config import load_pipeline
+from harden.config.loading import load_pipeline
 from harden.pipeline import run_pipeline
 
 SCREENSHOT_COPY = os.environ.get("HARDEN_REPORT_SCREENSHOT")  # where to keep the screenshot for a person to look at

@@ -16,15 +16,15 @@ from click.testing import CliRunner
 
 import harden.pipeline as runner
 from harden.cli import cli
-from harden.config import load_pipeline
-from harden.errors import ConfigError
+from harden.config.loading import load_pipeline
+from harden.core.errors import ConfigError
 from harden.core.stage import STAGES, register_stage
 from harden.detect import DETECTORS, DetectorConfig, register_detector
+from harden.pipeline import run_pipeline
+from harden.prune.scorers import SCORERS
 from harden.repair import REPAIRS, RepairConfig, register_repair
 from harden.repair.base import OnVerdict
-from harden.pipeline import run_pipeline
-from harden.scorers import SCORERS
-from harden.summary import render_summary
+from harden.report.summary import render_summary
 
 from .conftest import REPO, backdoored_tiny_model, write_model_folder
 

@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from harden.attacks import PoisonConfig, build_trigger
-from harden.attacks.triggers import PatchTrigger
-from harden.data import ImageSet
-from harden.evaluate import torch_predictor
-from harden.models import create_model
+from harden.core.train import TrainSettings, train
 from harden.detect import ScanConfig, inverted_asr, scan
 from harden.detect.neural_cleanse import NeuralCleanseConfig, anomaly_index, verdict
 from harden.detect.scan import reinverted
-from harden.train import TrainSettings, train
-from harden.zoo import poisoned_training_set
+from harden.evaluate.metrics import torch_predictor
+from harden.evaluate.triggers import build_trigger
+from harden.ingest.data.sources import ImageSet
+from harden.ingest.models.registry import create_model
 
 from .conftest import TINY_CONTRACT, backdoored_tiny_model, synthetic_images
 
@@ -78,7 +76,7 @@ def test_scan_flags_the_planted_backdoor_and_its_target(backdoored_tiny):
 
 
 def test_pipeline_scan_stage_reports_verdict_itasr_and_tighter_budget(backdoored_tiny, tiny_workspace):
-    from harden.config import load_pipeline
+    from harden.config.loading import load_pipeline
     from harden.pipeline import run_pipeline
 
     from .conftest import write_model_folder
@@ -104,11 +102,12 @@ def test_pipeline_scan_stage_reports_verdict_itasr_and_tighter_budget(backdoored
 
 
 def test_unflagged_model_gets_the_tighter_budget(tiny_cnn):
-    from harden.artifacts import ModelArtifact
-    from harden.config import PruneStage
-    from harden.models.surgery import find_classifier
-    from harden.scorers.clp import ClpConfig, ClpScorer
-    from harden.stages import prune, select
+    from harden.config.schema import PruneStage
+    from harden.core.artifacts import ModelArtifact
+    from harden.prune import remove as prune
+    from harden.prune import select
+    from harden.prune.scorers.clp import ClpConfig, ClpScorer
+    from harden.prune.surgery import find_classifier
 
     art = ModelArtifact(tiny_cnn, "tiny_cnn", {}, TINY_CONTRACT, None, "", find_classifier(tiny_cnn))
     tune = ImageSet(*synthetic_images(64, seed=3), "tune", "0")
@@ -126,11 +125,12 @@ def test_unflagged_model_gets_the_tighter_budget(tiny_cnn):
 
 
 def test_inverted_trigger_tie_break_prefers_the_least_pruning_candidate_that_defeats_it(tiny_cnn):
-    from harden.artifacts import ModelArtifact
-    from harden.config import PruneStage
-    from harden.models.surgery import find_classifier
-    from harden.scorers.clp import ClpConfig, ClpScorer
-    from harden.stages import prune, select
+    from harden.config.schema import PruneStage
+    from harden.core.artifacts import ModelArtifact
+    from harden.prune import remove as prune
+    from harden.prune import select
+    from harden.prune.scorers.clp import ClpConfig, ClpScorer
+    from harden.prune.surgery import find_classifier
 
     art = ModelArtifact(tiny_cnn, "tiny_cnn", {}, TINY_CONTRACT, None, "", find_classifier(tiny_cnn))
     tune = ImageSet(*synthetic_images(64, seed=3), "tune", "0")

@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from harden.config import PipelineConfig
-from harden.schema_docs import render, rows
+from harden.config.docs import render, rows
+from harden.config.schema import PipelineConfig
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "pipeline.md"
 
 
 def test_pipeline_reference_is_current():
-    assert DOC.read_text() == render(), "docs/pipeline.md is stale: python -m harden.schema_docs > docs/pipeline.md"
+    assert DOC.read_text() == render(), "docs/pipeline.md is stale: python -m harden.config.docs > docs/pipeline.md"
 
 
 def test_every_key_is_listed_and_described():

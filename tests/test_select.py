@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from harden.artifacts import ModelArtifact
-from harden.config import PruneStage, SelectPolicy
-from harden.data.sources import ImageSet
-from harden.scorers.clp import ClpConfig, ClpScorer
-from harden.stages import prune, select
+from harden.config.schema import PruneStage, SelectPolicy
+from harden.core.artifacts import ModelArtifact
+from harden.ingest.data.sources import ImageSet
+from harden.prune import remove as prune
+from harden.prune import select
+from harden.prune.scorers.clp import ClpConfig, ClpScorer
 from harden.repair.distill import Distill
 
 from .conftest import TINY_CONTRACT, synthetic_images

@@ -72,9 +72,11 @@ def test_mlflow_models_serve_answers_with_the_right_class(passed_run):
 
     onnx_path = ws / "out" / "model.onnx"
     x, _ = synthetic_images(3, seed=5)
-    from harden.evaluate import onnx_predictor  # noqa: F401  (same normalisation as the pipeline)
-    from .conftest import TINY_CONTRACT
     import torch
+
+    from harden.evaluate.metrics import onnx_predictor  # noqa: F401  (same normalisation as the pipeline)
+
+    from .conftest import TINY_CONTRACT
 
     inputs = TINY_CONTRACT.normalize(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255).numpy()
     expected = ort.InferenceSession(str(onnx_path)).run(None, {"input": inputs})[0].argmax(1)
@@ -124,12 +126,13 @@ def test_triton_repository_has_dims_batching_and_labels(passed_run, tmp_path):
 def test_onnx_only_server_answers_images_and_refuses_bad_input(passed_run):
     ws, _ = passed_run
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "harden.serve", str(ws / "out" / "model.onnx"), "--port",
+    server = subprocess.Popen([sys.executable, "-m", "harden.deploy.http", str(ws / "out" / "model.onnx"), "--port",
                                str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         x, _ = synthetic_images(2, seed=9)
         import onnxruntime as ort
         import torch
+
         from .conftest import TINY_CONTRACT
 
         norm = TINY_CONTRACT.normalize(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255).numpy()
@@ -164,9 +167,9 @@ def test_model_path_can_be_a_registry_or_run_uri(tiny_workspace):
     """A vendor's model folder logged to MLflow is hardened straight from models:/... or runs:/..."""
     from mlflow.tracking import MlflowClient
 
-    from harden.config import load_pipeline
-    from harden.errors import ModelLoadError
-    from harden.models.loading import sha256_file
+    from harden.config.loading import load_pipeline
+    from harden.core.errors import ModelLoadError
+    from harden.ingest.models.loading import sha256_file
     from harden.pipeline import run_pipeline
 
     uri = f"sqlite:///{tiny_workspace / 'vendor.db'}"

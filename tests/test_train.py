@@ -3,9 +3,9 @@ import copy
 import numpy as np
 import torch
 
-from harden.data.sources import ImageSet
-from harden.evaluate import accuracy, torch_predictor
-from harden.train import TrainSettings, augment_batch, train
+from harden.core.train import TrainSettings, augment_batch, train
+from harden.evaluate.metrics import accuracy, torch_predictor
+from harden.ingest.data.sources import ImageSet
 
 from .conftest import TINY_CONTRACT, synthetic_images
 
@@ -130,9 +130,9 @@ def test_channels_last_training_returns_a_plain_layout_model_close_to_the_defaul
     safetensors and the ONNX export expect, and compute what the default layout computes up to rounding."""
     import torch
 
-    from harden.data.sources import ImageSet
-    from harden.models import create_model
-    from harden.train import TrainSettings, train
+    from harden.core.train import TrainSettings, train
+    from harden.ingest.data.sources import ImageSet
+    from harden.ingest.models.registry import create_model
 
     from .conftest import TINY_CONTRACT, synthetic_images
 

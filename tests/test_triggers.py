@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from harden.attacks.triggers import BlendTrigger, PatchTrigger, SineTrigger, WarpTrigger, build_trigger
-from harden.errors import DataError
+from harden.core.errors import DataError
+from harden.evaluate.triggers import BlendTrigger, PatchTrigger, SineTrigger, WarpTrigger, build_trigger
 
 
 def _x(n=3, size=32, seed=0):

@@ -3,18 +3,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harden.attacks import PoisonConfig, build_trigger
-from harden.attacks.triggers import PatchTrigger, SineTrigger
-from harden.data import ImageSet
-from harden.evaluate import attack_metrics, torch_predictor
-from harden.train import TrainSettings, train
+from harden.core.train import TrainSettings, train
 from harden.detect import ScanResult
 from harden.detect.neural_cleanse import NeuralCleanseFinding
+from harden.evaluate.metrics import attack_metrics, torch_predictor
+from harden.evaluate.triggers import PatchTrigger, SineTrigger, build_trigger
+from harden.ingest.data.sources import ImageSet
+from harden.redteam.recipes import PoisonConfig
+from harden.redteam.zoo import poisoned_training_set
 from harden.repair import RepairContext
 from harden.repair.grating_unlearn import GratingUnlearn, random_gratings
 from harden.repair.trigger_unlearn import TriggerUnlearnConfig, TriggerUnlearnRepair
 from harden.repair.universal_unlearn import UniversalUnlearn, UniversalUnlearnConfig
-from harden.zoo import poisoned_training_set
 
 from .conftest import TINY_CONTRACT, synthetic_images
 
@@ -46,7 +46,7 @@ def _patch_scan(mask: np.ndarray, pattern: np.ndarray, target: int) -> ScanResul
 
 def _trigger_unlearn(scan: ScanResult, cfg: TriggerUnlearnConfig):
     """The trigger-unlearning repair's hook for this verdict, built the way the fine-tune builds it."""
-    from harden.artifacts import ModelArtifact
+    from harden.core.artifacts import ModelArtifact
 
     art = ModelArtifact(None, "tiny_cnn", {}, TINY_CONTRACT, None, "", "head")
     return TriggerUnlearnRepair(cfg).hook(RepairContext(art, None, scan, 0))

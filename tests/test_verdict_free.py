@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harden.attacks import PoisonConfig, build_trigger
-from harden.attacks.triggers import BlendTrigger
-from harden.data import ImageSet
-from harden.evaluate import accuracy, attack_metrics, torch_predictor
+from harden.core.train import TrainSettings, set_train_mode, train
+from harden.evaluate.metrics import accuracy, attack_metrics, torch_predictor
+from harden.evaluate.triggers import BlendTrigger, build_trigger
+from harden.ingest.data.sources import ImageSet
+from harden.redteam.recipes import PoisonConfig
+from harden.redteam.zoo import poisoned_training_set
 from harden.repair.fst import FeatureShift
 from harden.repair.sau import SharedAdversarialUnlearn, shared_error
-from harden.train import TrainSettings, set_train_mode, train
-from harden.zoo import poisoned_training_set
 
 from .conftest import TINY_CONTRACT, synthetic_images
 

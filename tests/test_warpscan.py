@@ -6,16 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harden.attacks import PoisonConfig, build_trigger
-from harden.attacks.triggers import WarpTrigger
-from harden.data import ImageSet
-from harden.evaluate import torch_predictor
-from harden.models import create_model
-from harden.plots import inverted_triggers
+from harden.core.train import TrainSettings, train
 from harden.detect import ScanConfig, ScanResult, inverted_asr, scan
 from harden.detect.warp import WarpConfig, warp_images, warp_scan
-from harden.train import TrainSettings, train
-from harden.zoo import poisoned_training_set
+from harden.evaluate.metrics import torch_predictor
+from harden.evaluate.triggers import WarpTrigger, build_trigger
+from harden.ingest.data.sources import ImageSet
+from harden.ingest.models.registry import create_model
+from harden.redteam.recipes import PoisonConfig
+from harden.redteam.zoo import poisoned_training_set
+from harden.report.plots import inverted_triggers
 
 from .conftest import TINY_CONTRACT, synthetic_images
 
@@ -87,7 +87,7 @@ def test_scan_reports_a_warp_verdict_that_itasr_the_figure_and_the_cache_replay(
 def test_pipeline_repairs_what_the_warp_scan_found(warp_models, tiny_workspace):
     """Through `harden run`'s pipeline: the warp verdict drives MCL and trigger unlearning, and the inverted warp's
     ASR on held-out images falls; the report and the figure say which inversion flagged the model."""
-    from harden.config import load_pipeline
+    from harden.config.loading import load_pipeline
     from harden.pipeline import run_pipeline
 
     from .conftest import write_model_folder

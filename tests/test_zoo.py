@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from harden.attacks import build_trigger
-from harden.attacks.groundtruth import trigger_from_attack
-from harden.data import load_images
-from harden.evaluate import attack_metrics, onnx_predictor, torch_predictor
-from harden.models.loading import load_model
+from harden.evaluate.metrics import attack_metrics, onnx_predictor, torch_predictor
+from harden.evaluate.triggers import build_trigger
+from harden.ingest.data.sources import load_images
+from harden.ingest.models.loading import load_model
+from harden.redteam.groundtruth import trigger_from_attack
 
 from .conftest import DATA, ZOO, needs_cifar, needs_zoo
 
@@ -43,7 +43,7 @@ def test_zoo_onnx_matches_harden_architecture():
 
 @pytest.mark.parametrize("pipeline", sorted(p.name for p in (Path(__file__).parents[1] / "pipelines").glob("*.yaml")))
 def test_every_shipped_pipeline_validates(pipeline):
-    from harden.config import load_pipeline
+    from harden.config.loading import load_pipeline
 
     cfg = load_pipeline(Path(__file__).parents[1] / "pipelines" / pipeline)
     assert cfg.model.path.is_dir() and cfg.data.clean.path.is_file()

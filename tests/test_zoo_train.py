@@ -8,13 +8,13 @@ import torch
 from click.testing import CliRunner
 
 from benchmarks.redzoo import judge, measure
-from harden.attacks import AttackParams, build_trigger
-from harden.attacks.groundtruth import read_attack, trigger_from_attack
-from harden.attacks.recipes import resolve
 from harden.cli import cli
-from harden.data import load_images
-from harden.evaluate import attack_metrics, torch_predictor
-from harden.models.loading import load_model
+from harden.evaluate.metrics import attack_metrics, torch_predictor
+from harden.evaluate.triggers import build_trigger
+from harden.ingest.data.sources import load_images
+from harden.ingest.models.loading import load_model
+from harden.redteam.groundtruth import read_attack, trigger_from_attack
+from harden.redteam.recipes import AttackParams, resolve
 
 from .conftest import TINY_CONTRACT, synthetic_images
 
@@ -79,7 +79,7 @@ def test_redzoo_bar_per_attack_and_against_the_clean_model():
 
 
 def test_poisoned_images_are_stamped_and_relabelled(tiny_data):
-    from harden.zoo import poisoned_training_set
+    from harden.redteam.zoo import poisoned_training_set
 
     data = load_images(tiny_data / "train.npz", TINY_CONTRACT, "train")
     trig, poison, _ = resolve("badnets", AttackParams(), None, 0, (3, 16, 16))
@@ -104,9 +104,9 @@ def test_zoo_train_user_mistakes_are_one_message(tiny_data):
 
 
 def test_pruning_aware_attack_hides_behind_dead_decoys(tiny_data):
-    from harden.attacks.pruning_aware import feature_bn
-    from harden.errors import HardenError
-    from harden.models import create_model
+    from harden.core.errors import HardenError
+    from harden.ingest.models.registry import create_model
+    from harden.redteam.pruning_aware import feature_bn
 
     with pytest.raises(HardenError, match="BatchNorm whose channels feed the classifier"):
         feature_bn(create_model("tiny_cnn", 4, {"width": 8}))  # its features come out of a residual add
@@ -128,7 +128,7 @@ def test_pruning_aware_attack_hides_behind_dead_decoys(tiny_data):
     live = [c for c in range(16) if c not in decoys]
     assert (bn.weight[live] != 0).all()
     # a defender profiling dormant channels on clean data finds exactly the decoys at the bottom
-    from harden.attacks.pruning_aware import dormancy
+    from harden.redteam.pruning_aware import dormancy
 
     test = load_images(tiny_data / "test.npz", art.contract, "test")
     act = dormancy(art.model, "bn", test, art.contract)

@@ -10,8 +10,8 @@ from typing import Any, ClassVar, Iterator, Optional
 from pydantic import ConfigDict, ValidationError, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..base import StrictModel
-from ..registry import Registry
+from harden.core.base import StrictModel
+from harden.core.registry import Registry
 
 
 class PluginSections(StrictModel):

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 
-from ..registry import Registry
+from harden.core.registry import Registry
 
 if TYPE_CHECKING:
-    from ..config import PipelineConfig
-    from ..context import RunContext
-    from .state import RunState
+    from harden.config.schema import PipelineConfig
+    from harden.core.context import RunContext
+    from harden.core.state import RunState
 
 
 class Stage(Protocol):

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..artifacts import ChannelScores, ExportResult, ModelArtifact
-    from ..data import ImageSet
-    from ..detect import ScanResult
-    from ..stages.ingest import Inputs
-    from ..stages.prune import Prepared
-    from ..stages.score import ScoreOutcome
-    from ..stages.select import Selection
+    from harden.core.artifacts import ChannelScores, ExportResult, ModelArtifact
+    from harden.detect import ScanResult
+    from harden.ingest.data.sources import ImageSet
+    from harden.prune.remove import Prepared
+    from harden.prune.select import Selection
+    from harden.stages.ingest import Inputs
+    from harden.stages.score import ScoreOutcome
 
     Predictor = Callable[[np.ndarray], np.ndarray]
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from ..artifacts import InputContract
-from ..base import StrictModel
-from ..data import ImageSet
-from ..registry import Registry
+from harden.core.artifacts import InputContract
+from harden.core.base import StrictModel
+from harden.core.registry import Registry
+from harden.ingest.data.sources import ImageSet
 
 ApplyTrigger = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images in [0, 1], trigger parameters) -> images
 Trigger = tuple[torch.Tensor, ApplyTrigger, tuple[float, float]]  # (free parameters, apply, the parameters' range)

@@ -19,14 +19,14 @@ import torch
 import torch.nn as nn
 from pydantic import Field, model_validator
 
-from ..artifacts import InputContract
-from ..attacks.triggers import TriggerBase
-from ..base import StrictModel
-from ..core.sections import plugin_sections
-from ..data import ImageSet
-from ..evaluate import attack_metrics
-from . import grating, neural_cleanse, warp  # noqa: F401  (registers the built-in detectors)
-from .base import DETECTORS, Finding, Trigger, stamp
+from harden.core.artifacts import InputContract
+from harden.core.base import StrictModel
+from harden.core.sections import plugin_sections
+from harden.detect import grating, neural_cleanse, warp  # noqa: F401  (registers the built-in detectors)
+from harden.detect.base import DETECTORS, Finding, Trigger, stamp
+from harden.evaluate.metrics import attack_metrics
+from harden.evaluate.triggers import TriggerBase
+from harden.ingest.data.sources import ImageSet
 
 # One optional section per detector, keyed by its YAML name; a detector registered later is accepted by name.
 DetectorSections = plugin_sections("DetectorSections", DETECTORS)

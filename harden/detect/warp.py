@@ -20,12 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..artifacts import InputContract
-from ..data import ImageSet
-from ..progress import track
-from ..train import frozen_copy
-from .base import (DetectorConfig, Trigger, flag_text, marker, register_detector, target_array,
-                   target_from)
+from harden.core.artifacts import InputContract
+from harden.core.progress import track
+from harden.core.train import frozen_copy
+from harden.detect.base import DetectorConfig, Trigger, flag_text, marker, register_detector, target_array, target_from
+from harden.ingest.data.sources import ImageSet
 
 
 class WarpConfig(DetectorConfig):

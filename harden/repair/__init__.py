@@ -1,7 +1,7 @@
 """Repairs: the fine-tune's training hooks, configured under `stages.finetune.repairs.<name>`. Adding one is a module
 plus one name in this import list (or a `register_repair` call in your own code)."""
 
-from . import distill, fst, grating_unlearn, mcl, sau, trigger_unlearn, universal_unlearn  # noqa: F401
-from .base import REPAIRS, Repair, RepairConfig, RepairContext, active, register_repair
+from harden.repair import distill, fst, grating_unlearn, mcl, sau, trigger_unlearn, universal_unlearn  # noqa: F401
+from harden.repair.base import REPAIRS, Repair, RepairConfig, RepairContext, active, register_repair
 
 __all__ = ["REPAIRS", "Repair", "RepairConfig", "RepairContext", "active", "register_repair"]

@@ -1,4 +1,4 @@
-"""Repair protocol and registry. A repair is a training hook of the one fine-tune loop (harden/train.py), configured
+"""Repair protocol and registry. A repair is a training hook of the one fine-tune loop (harden/core/train.py), configured
 under `stages.finetune.repairs.<name>`, that says on which models it acts: every model (distillation, FST, SAU,
 universal unlearning), or a model whose scan verdict gives it a trigger to work on (MCL, trigger unlearning).
 
@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..artifacts import ModelArtifact
-from ..base import StrictModel
-from ..detect import ScanResult
-from ..registry import Registry
+from harden.core.artifacts import ModelArtifact
+from harden.core.base import StrictModel
+from harden.core.registry import Registry
+from harden.detect import ScanResult
 
 
 class RepairConfig(StrictModel):

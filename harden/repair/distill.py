@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from ..artifacts import InputContract
-from ..train import frozen_copy
-from .base import EveryModel, RepairConfig, RepairContext, register_repair, softened_kl
+from harden.core.artifacts import InputContract
+from harden.core.train import frozen_copy
+from harden.repair.base import EveryModel, RepairConfig, RepairContext, register_repair, softened_kl
 
 
 class DistillConfig(RepairConfig):

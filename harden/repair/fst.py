@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from .base import EveryModel, RepairConfig, RepairContext, register_repair
+from harden.repair.base import EveryModel, RepairConfig, RepairContext, register_repair
 
 
 class FstConfig(RepairConfig):

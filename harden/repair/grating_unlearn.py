@@ -17,11 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..artifacts import InputContract
-from ..detect import ScanResult
-from ..detect.grating import sine_waves
-from ..train import frozen_copy
-from .base import EveryModel, RepairConfig, RepairContext, register_repair, softened_kl
+from harden.core.artifacts import InputContract
+from harden.core.train import frozen_copy
+from harden.detect import ScanResult
+from harden.detect.grating import sine_waves
+from harden.repair.base import EveryModel, RepairConfig, RepairContext, register_repair, softened_kl
 
 
 class GratingUnlearnConfig(RepairConfig):

@@ -17,10 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..artifacts import InputContract
-from ..errors import StageError
-from ..train import frozen_copy
-from .base import OnVerdict, RepairConfig, RepairContext, register_repair
+from harden.core.artifacts import InputContract
+from harden.core.errors import StageError
+from harden.core.train import frozen_copy
+from harden.repair.base import OnVerdict, RepairConfig, RepairContext, register_repair
 
 
 class MclConfig(RepairConfig):

@@ -19,9 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..artifacts import InputContract
-from ..train import frozen_copy
-from .base import EveryModel, RepairConfig, RepairContext, register_repair
+from harden.core.artifacts import InputContract
+from harden.core.train import frozen_copy
+from harden.repair.base import EveryModel, RepairConfig, RepairContext, register_repair
 
 
 class SauConfig(RepairConfig):

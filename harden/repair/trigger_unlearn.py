@@ -9,9 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..artifacts import InputContract
-from ..detect.base import ApplyTrigger
-from .base import OnVerdict, RepairConfig, RepairContext, register_repair
+from harden.core.artifacts import InputContract
+from harden.detect.base import ApplyTrigger
+from harden.repair.base import OnVerdict, RepairConfig, RepairContext, register_repair
 
 
 class TriggerUnlearnConfig(RepairConfig):

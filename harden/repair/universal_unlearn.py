@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..artifacts import InputContract
-from .base import EveryModel, RepairConfig, RepairContext, register_repair
+from harden.core.artifacts import InputContract
+from harden.repair.base import EveryModel, RepairConfig, RepairContext, register_repair
 
 
 class UniversalUnlearnConfig(RepairConfig):

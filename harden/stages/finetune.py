@@ -11,18 +11,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..artifacts import FinetuneResult, ModelArtifact
-from ..config import FinetuneStage, PipelineConfig
-from ..context import RunContext
-from ..core.stage import register_stage
-from ..core.state import RunState
-from ..data import ImageSet
-from ..detect import ScanResult
-from ..evaluate import accuracy, torch_predictor
-from ..progress import console
-from ..repair import REPAIRS, Repair, RepairContext, active
-from ..resume import StageCache, load_state, state_to_arrays
-from ..train import TrainSettings, train
+from harden.config.schema import FinetuneStage, PipelineConfig
+from harden.core.artifacts import FinetuneResult, ModelArtifact
+from harden.core.context import RunContext
+from harden.core.progress import console
+from harden.core.resume import StageCache, load_state, state_to_arrays
+from harden.core.stage import register_stage
+from harden.core.state import RunState
+from harden.core.train import TrainSettings, train
+from harden.detect import ScanResult
+from harden.evaluate.metrics import accuracy, torch_predictor
+from harden.ingest.data.sources import ImageSet
+from harden.repair import REPAIRS, Repair, RepairContext, active
 
 
 def repairs_for(cfg: FinetuneStage, scan: ScanResult | None) -> dict[str, Repair]:

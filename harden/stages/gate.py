@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import checked, gate
-from ..config import PipelineConfig
-from ..context import RunContext
-from ..core.stage import register_stage
-from ..core.state import RunState
+from harden.config.schema import PipelineConfig
+from harden.core.context import RunContext
+from harden.core.stage import register_stage
+from harden.core.state import RunState
+from harden.deploy import gate
+from harden.evaluate import checked
 
 
 @register_stage("checked", 160, "what was and was not checked, and which repairs ran", span=False)

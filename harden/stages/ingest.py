@@ -8,15 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import InputContract, ModelArtifact
-from ..config import PipelineConfig, is_registry_uri
-from ..context import RunContext
-from ..core.stage import register_stage
-from ..core.state import RunState
-from ..data import ImageSet, load_images, stratified_split
-from ..errors import DataError
-from ..models.fetch import fetch
-from ..models.loading import load_model
+from harden.config.schema import PipelineConfig, is_registry_uri
+from harden.core.artifacts import InputContract, ModelArtifact
+from harden.core.context import RunContext
+from harden.core.errors import DataError
+from harden.core.stage import register_stage
+from harden.core.state import RunState
+from harden.ingest.data.sources import ImageSet, load_images, stratified_split
+from harden.ingest.models.fetch import fetch
+from harden.ingest.models.loading import load_model
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import int8, latency
-from ..config import PipelineConfig
-from ..context import RunContext
-from ..core.stage import register_stage
-from ..core.state import RunState
-from ..evaluate import onnx_predictor
-from . import verify
+from harden.config.schema import PipelineConfig
+from harden.core.context import RunContext
+from harden.core.stage import register_stage
+from harden.core.state import RunState
+from harden.deploy import int8, latency
+from harden.evaluate.metrics import onnx_predictor
+from harden.stages import verify
 
 
 @register_stage("int8", 150, "onnxruntime static INT8 of the exported model, verified again")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import polarizer
-from ..config import PipelineConfig
-from ..context import RunContext
-from ..core.stage import register_stage
-from ..core.state import RunState
-from ..evaluate import accuracy, torch_predictor
-from ..progress import console
+from harden.config.schema import PipelineConfig
+from harden.core.context import RunContext
+from harden.core.progress import console
+from harden.core.stage import register_stage
+from harden.core.state import RunState
+from harden.evaluate.metrics import accuracy, torch_predictor
+from harden.repair import polarizer
 
 
 @register_stage("polarize", 60, "insert and train a Neural Polarizer (a learnable filter layer), folded into a conv")

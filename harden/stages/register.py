@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .. import checked
-from ..config import PipelineConfig
-from ..context import RunContext
-from ..core.stage import register_stage
-from ..core.state import RunState
+from harden.config.schema import PipelineConfig
+from harden.core.context import RunContext
+from harden.core.stage import register_stage
+from harden.core.state import RunState
+from harden.evaluate import checked
 
 
 @register_stage("register", 180, "the ONNX file as a registry version with lineage tags and aliases", span=False)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import PipelineConfig
-from ..context import RunContext
-from ..core.stage import register_stage
-from ..core.state import RunState
-from ..lineage import write_npz
-from ..plots import inverted_triggers
-from ..resume import StageCache
-from ..detect import ScanResult, inverted_asr, scan
+from harden.config.schema import PipelineConfig
+from harden.core.context import RunContext
+from harden.core.io import write_npz
+from harden.core.resume import StageCache
+from harden.core.stage import register_stage
+from harden.core.state import RunState
+from harden.detect import ScanResult, inverted_asr, scan
+from harden.report.plots import inverted_triggers
 
 
 def _write(found: ScanResult, name: str, ctx: RunContext) -> None:

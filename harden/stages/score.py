@@ -7,17 +7,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..artifacts import ChannelScores, ModelArtifact
-from ..config import PipelineConfig, ScoreStage
-from ..context import RunContext
-from ..core.stage import register_stage
-from ..core.state import RunState
-from ..data import ImageSet
-from ..errors import StageError
-from ..plots import score_histograms
-from ..resume import StageCache, scores_from_arrays, scores_to_arrays
-from ..scorers import SCORERS
-from ..scorers.fusion import fuse
+from harden.config.schema import PipelineConfig, ScoreStage
+from harden.core.artifacts import ChannelScores, ModelArtifact
+from harden.core.context import RunContext
+from harden.core.errors import StageError
+from harden.core.resume import StageCache, scores_from_arrays, scores_to_arrays
+from harden.core.stage import register_stage
+from harden.core.state import RunState
+from harden.ingest.data.sources import ImageSet
+from harden.prune.scorers import SCORERS
+from harden.prune.scorers.fusion import fuse
+from harden.report.plots import score_histograms
 
 
 def configured(cfg: ScoreStage) -> list[tuple[str, object]]:

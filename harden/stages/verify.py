@@ -6,14 +6,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ..artifacts import VerifyReport
-from ..attacks import build_trigger
-from ..config import PipelineConfig, VerifyStage
-from ..context import RunContext
-from ..core.stage import register_stage
-from ..core.state import RunState
-from ..data import ImageSet
-from ..evaluate import Predictor, accuracy, attack_metrics, torch_predictor
+from harden.config.schema import PipelineConfig, VerifyStage
+from harden.core.artifacts import VerifyReport
+from harden.core.context import RunContext
+from harden.core.stage import register_stage
+from harden.core.state import RunState
+from harden.evaluate.metrics import Predictor, accuracy, attack_metrics, torch_predictor
+from harden.evaluate.triggers import build_trigger
+from harden.ingest.data.sources import ImageSet
 
 
 def run(cfg: VerifyStage, before: Predictor, after: Predictor, after_kind: str, test: ImageSet,

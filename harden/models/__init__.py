@@ -1,6 +1,0 @@
-"""Model architectures, loading and graph surgery. Importing this package registers every architecture."""
-
-from . import preact, resnet, tiny, vgg  # noqa: F401  (explicit registration list)
-from .registry import ARCHITECTURES, create_model, list_architectures
-
-__all__ = ["ARCHITECTURES", "create_model", "list_architectures"]

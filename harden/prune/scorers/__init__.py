@@ -1,0 +1,6 @@
+"""Channel scorers. Adding one is a module plus one line in this import list."""
+
+from harden.prune.scorers import anp, clp, dormant  # noqa: F401
+from harden.prune.scorers.base import SCORERS, Scorer, ScorerConfig, register_scorer
+
+__all__ = ["SCORERS", "Scorer", "ScorerConfig", "register_scorer"]

@@ -1,6 +1,0 @@
-"""Channel scorers. Adding one is a module plus one line in this import list."""
-
-from . import anp, clp, dormant  # noqa: F401
-from .base import SCORERS, Scorer, ScorerConfig, register_scorer
-
-__all__ = ["SCORERS", "Scorer", "ScorerConfig", "register_scorer"]
