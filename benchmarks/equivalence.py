@@ -26,10 +26,10 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harden.config.evaluate import PatchTrigger  # noqa: E402
 from harden.config.loading import load_pipeline  # noqa: E402
 from harden.core.artifacts import InputContract  # noqa: E402
 from harden.core.train import TrainSettings, train  # noqa: E402
-from harden.evaluate.triggers import PatchTrigger  # noqa: E402
 from harden.ingest.data.sources import ImageSet  # noqa: E402
 from harden.ingest.models.registry import create_model  # noqa: E402
 from harden.pipeline import run_pipeline  # noqa: E402

@@ -12,18 +12,18 @@ from rich.console import Console
 from rich.table import Table
 
 from harden import __version__
+from harden.config.detect import DETECTORS
 from harden.config.loading import load_pipeline, read_yaml_model
+from harden.config.prune import SCORERS
 from harden.core.errors import HardenError
 from harden.core.stage import STAGES, ordered
 from harden.deploy.gate import GATE_FAILED
 from harden.deploy.triton import triton_repository
-from harden.detect import DETECTORS
 from harden.evaluate.triggers import TRIGGERS, build_trigger
 from harden.ingest.models.registry import list_architectures
 from harden.lineage.registry import inspect, render
 from harden.lineage.registry import promote as do_promote
 from harden.pipeline import run_pipeline
-from harden.prune.scorers import SCORERS
 from harden.report.summary import render_summary
 from harden.scoring_preview import preview
 from harden.stages import ingest

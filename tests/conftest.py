@@ -124,9 +124,9 @@ def write_smoke_workspace(ws: Path) -> Path:
 def backdoored_tiny_model():
     """tiny_cnn trained on synthetic images with 15 % poisoned by a white 3-pixel patch to class 0:
     (model, 200 held-out images, the trigger)."""
+    from harden.config.evaluate import PatchTrigger
     from harden.core.train import TrainSettings, train
     from harden.evaluate.metrics import accuracy, torch_predictor
-    from harden.evaluate.triggers import PatchTrigger
     from harden.ingest.data.sources import ImageSet
     from harden.redteam.recipes import PoisonConfig
     from harden.redteam.zoo import poisoned_training_set

@@ -4,8 +4,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from harden.config.prune import AnpConfig
 from harden.ingest.data.sources import ImageSet
-from harden.prune.scorers.anp import AnpConfig, AnpScorer, _sites
+from harden.prune.scorers.anp import AnpScorer, _sites
 
 from .conftest import TINY_CONTRACT, synthetic_images
 
@@ -69,7 +70,7 @@ def _copy(m):
 
 
 def test_anp_is_registered_with_its_own_threshold_units():
-    from harden.prune.scorers import SCORERS
+    from harden.config.prune import SCORERS
 
     info = SCORERS.get("anp")
     assert info.needs_data and all(0 < t < 1 for t in info.thresholds)

@@ -4,15 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from harden.config.evaluate import BitDepthTrigger, LowFrequencyTrigger, PatchTrigger
 from harden.core.artifacts import ModelArtifact
 from harden.core.errors import ConfigError
-from harden.evaluate.triggers import (
-    BitDepthTrigger,
-    LowFrequencyTrigger,
-    PatchTrigger,
-    build_trigger,
-    low_frequency_pattern,
-)
+from harden.evaluate.triggers import build_trigger, low_frequency_pattern
 from harden.prune.surgery import find_classifier
 from harden.redteam.recipes import ATTACKS, AttackParams, PoisonConfig, poison_indices, resolve
 
@@ -151,8 +146,8 @@ def test_input_aware_triggers_are_per_image_and_the_hook_trains_generator_and_mo
 
 
 def test_dynamic_trigger_reads_its_generator_under_any_prefix(tmp_path):
-    from harden.evaluate.generator import GENERATOR_PREFIX, TriggerGenerator, generator_arrays
-    from harden.evaluate.triggers import DynamicTrigger
+    from harden.config.evaluate import GENERATOR_PREFIX, DynamicTrigger
+    from harden.evaluate.generator import TriggerGenerator, generator_arrays
 
     torch.manual_seed(0)
     arrays = generator_arrays(TriggerGenerator(8).eval())

@@ -1,6 +1,7 @@
 import torch
 
-from harden.prune.scorers.clp import ClpConfig, ClpScorer, uclc
+from harden.config.prune import ClpConfig
+from harden.prune.scorers.clp import ClpScorer, uclc
 
 
 def test_contract_every_conv_scored_finite_and_deterministic(tiny_cnn):

@@ -3,9 +3,14 @@ from pathlib import Path
 import pytest
 
 from harden.config.loading import load_pipeline
+from harden.config.detect import DetectorSections
+from harden.config.prune import ScorerMethods
+from harden.config.repair import RepairSections
+from harden.detect import DETECTORS
+from harden.prune.scorers import SCORERS
+from harden.repair import REPAIRS
 from harden.config.schema import PipelineConfig
 from harden.core.errors import ConfigError
-from harden.prune.scorers import SCORERS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,9 +77,14 @@ def test_unknown_scorer_name_lists_known_ones(tiny_workspace):
     assert "stages.score.methods.clpp" in str(err.value) and "clp" in str(err.value)
 
 
-def test_scorer_sections_match_registry():
-    assert set(PipelineConfig.model_fields["stages"].annotation.model_fields["score"].annotation
-               .model_fields["methods"].annotation.model_fields) == set(SCORERS.names())
+@pytest.mark.parametrize("sections, registry", [(ScorerMethods, SCORERS), (DetectorSections, DETECTORS),
+                                                (RepairSections, REPAIRS)], ids=["scorers", "detectors", "repairs"])
+def test_builtin_sections_are_the_registered_plugins_own_configs(sections, registry):
+    """The schema declares the built-ins from their config classes alone (it imports without torch): each must be a
+    registered plug-in, validated by the very class that plug-in registered."""
+    assert set(sections.model_fields) == set(registry.names())
+    for name, field in sections.model_fields.items():
+        assert field.annotation.__args__[0] is registry.get(name).config_cls, name
 
 
 def test_not_yaml_and_not_mapping(tmp_path):

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from harden.config.prune import DormantConfig, FusionConfig
 from harden.core.artifacts import ChannelScores, LayerScores
 from harden.core.errors import StageError
 from harden.ingest.data.sources import ImageSet
 from harden.ingest.models.registry import create_model
-from harden.prune.scorers.dormant import DormantConfig, DormantScorer
-from harden.prune.scorers.fusion import FusionConfig, fuse, standardise
+from harden.prune.scorers.dormant import DormantScorer
+from harden.prune.scorers.fusion import fuse, standardise
 from harden.prune.select import top_fraction
 from harden.prune.surgery import feature_producers, find_classifier
 
@@ -68,7 +69,7 @@ def test_top_fraction_flags_the_global_top_share():
 
 
 def test_fused_pipeline_config_runs_two_scorers(tiny_cnn):
-    from harden.config.schema import ScoreStage
+    from harden.config.prune import ScoreStage
     from harden.core.artifacts import ModelArtifact
     from harden.stages import score
 

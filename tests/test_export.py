@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from harden.config.schema import ExportStage
+from harden.config.deploy import ExportStage
 from harden.core.artifacts import ModelArtifact
 from harden.core.errors import ExportParityError
 from harden.ingest.data.sources import ImageSet

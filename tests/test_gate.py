@@ -5,8 +5,9 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
+from harden.config.deploy import GateConfig
 from harden.config.schema import PipelineConfig
-from harden.deploy.gate import GateConfig, evaluate, write_results
+from harden.deploy.gate import evaluate, write_results
 
 from .test_cli import _harden, _mlflow_client
 

@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from harden.config.schema import FinetuneStage
+from harden.config.detect import GratingConfig
+from harden.config.evaluate import SineTrigger
+from harden.config.repair import FinetuneStage
 from harden.detect import ScanResult
-from harden.detect.grating import GratingConfig, GratingFinding, far_from, grating_scan
+from harden.detect.grating import GratingFinding, far_from, grating_scan
 from harden.detect.neural_cleanse import NeuralCleanseFinding
-from harden.evaluate.triggers import SineTrigger
 from harden.report.plots import inverted_triggers
 from harden.stages.finetune import repairs_for
 

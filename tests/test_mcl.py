@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from harden.config.schema import PruneStage
+from harden.config.prune import PruneStage
 from harden.ingest.models.registry import create_model
 from harden.prune import remove as prune
 from harden.repair.mcl import ContrastiveHook, kept_features

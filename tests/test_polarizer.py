@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from harden.config.schema import ExportStage
+from harden.config.deploy import ExportStage
 from harden.core.artifacts import ModelArtifact
 from harden.ingest.data.sources import ImageSet
 from harden.ingest.models.registry import create_model

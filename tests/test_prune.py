@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from harden.config.schema import PruneStage
+from harden.config.prune import PruneStage
 from harden.core.artifacts import ChannelScores, InputContract, LayerScores, ModelArtifact
 from harden.ingest.models.registry import create_model
 from harden.prune import remove as prune

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from benchmarks import redteam
+from harden.config.evaluate import EncodedTrigger, FilterTrigger, JpegTrigger, PatchTrigger
 from harden.core.errors import ConfigError
-from harden.evaluate.triggers import EncodedTrigger, FilterTrigger, JpegTrigger, PatchTrigger, build_trigger
+from harden.evaluate.triggers import build_trigger
 from harden.ingest.data.sources import load_images
 from harden.redteam.recipes import AttackParams, resolve
 from harden.redteam.zoo import _in_pieces, poisoned_training_set

@@ -16,13 +16,15 @@ from click.testing import CliRunner
 
 import harden.pipeline as runner
 from harden.cli import cli
+from harden.config.detect import DETECTORS, DetectorConfig
 from harden.config.loading import load_pipeline
+from harden.config.prune import SCORERS
+from harden.config.repair import REPAIRS, RepairConfig
 from harden.core.errors import ConfigError
 from harden.core.stage import STAGES, register_stage
-from harden.detect import DETECTORS, DetectorConfig, register_detector
+from harden.detect import register_detector
 from harden.pipeline import run_pipeline
-from harden.prune.scorers import SCORERS
-from harden.repair import REPAIRS, RepairConfig, register_repair
+from harden.repair import register_repair
 from harden.repair.base import OnVerdict
 from harden.report.summary import render_summary
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from harden.config.detect import NeuralCleanseConfig
 from harden.core.train import TrainSettings, train
 from harden.detect import ScanConfig, inverted_asr, scan
-from harden.detect.neural_cleanse import NeuralCleanseConfig, anomaly_index, verdict
+from harden.detect.neural_cleanse import anomaly_index, verdict
 from harden.detect.scan import reinverted
 from harden.evaluate.metrics import torch_predictor
 from harden.evaluate.triggers import build_trigger
@@ -102,11 +103,11 @@ def test_pipeline_scan_stage_reports_verdict_itasr_and_tighter_budget(backdoored
 
 
 def test_unflagged_model_gets_the_tighter_budget(tiny_cnn):
-    from harden.config.schema import PruneStage
+    from harden.config.prune import ClpConfig, PruneStage
     from harden.core.artifacts import ModelArtifact
     from harden.prune import remove as prune
     from harden.prune import select
-    from harden.prune.scorers.clp import ClpConfig, ClpScorer
+    from harden.prune.scorers.clp import ClpScorer
     from harden.prune.surgery import find_classifier
 
     art = ModelArtifact(tiny_cnn, "tiny_cnn", {}, TINY_CONTRACT, None, "", find_classifier(tiny_cnn))
@@ -125,11 +126,11 @@ def test_unflagged_model_gets_the_tighter_budget(tiny_cnn):
 
 
 def test_inverted_trigger_tie_break_prefers_the_least_pruning_candidate_that_defeats_it(tiny_cnn):
-    from harden.config.schema import PruneStage
+    from harden.config.prune import ClpConfig, PruneStage
     from harden.core.artifacts import ModelArtifact
     from harden.prune import remove as prune
     from harden.prune import select
-    from harden.prune.scorers.clp import ClpConfig, ClpScorer
+    from harden.prune.scorers.clp import ClpScorer
     from harden.prune.surgery import find_classifier
 
     art = ModelArtifact(tiny_cnn, "tiny_cnn", {}, TINY_CONTRACT, None, "", find_classifier(tiny_cnn))

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from harden.config.schema import PruneStage, SelectPolicy
+from harden.config.prune import ClpConfig, PruneStage, SelectPolicy
 from harden.core.artifacts import ModelArtifact
 from harden.ingest.data.sources import ImageSet
 from harden.prune import remove as prune
 from harden.prune import select
-from harden.prune.scorers.clp import ClpConfig, ClpScorer
+from harden.prune.scorers.clp import ClpScorer
 from harden.repair.distill import Distill
 
 from .conftest import TINY_CONTRACT, synthetic_images

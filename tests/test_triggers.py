@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from harden.config.evaluate import BlendTrigger, PatchTrigger, SineTrigger, WarpTrigger
 from harden.core.errors import DataError
-from harden.evaluate.triggers import BlendTrigger, PatchTrigger, SineTrigger, WarpTrigger, build_trigger
+from harden.evaluate.triggers import build_trigger
 
 
 def _x(n=3, size=32, seed=0):

@@ -3,18 +3,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from harden.config.evaluate import PatchTrigger, SineTrigger
+from harden.config.repair import TriggerUnlearnConfig, UniversalUnlearnConfig
 from harden.core.train import TrainSettings, train
 from harden.detect import ScanResult
 from harden.detect.neural_cleanse import NeuralCleanseFinding
 from harden.evaluate.metrics import attack_metrics, torch_predictor
-from harden.evaluate.triggers import PatchTrigger, SineTrigger, build_trigger
+from harden.evaluate.triggers import build_trigger
 from harden.ingest.data.sources import ImageSet
 from harden.redteam.recipes import PoisonConfig
 from harden.redteam.zoo import poisoned_training_set
 from harden.repair import RepairContext
 from harden.repair.grating_unlearn import GratingUnlearn, random_gratings
-from harden.repair.trigger_unlearn import TriggerUnlearnConfig, TriggerUnlearnRepair
-from harden.repair.universal_unlearn import UniversalUnlearn, UniversalUnlearnConfig
+from harden.repair.trigger_unlearn import TriggerUnlearnRepair
+from harden.repair.universal_unlearn import UniversalUnlearn
 
 from .conftest import TINY_CONTRACT, synthetic_images
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harden.config.evaluate import BlendTrigger
 from harden.core.train import TrainSettings, set_train_mode, train
 from harden.evaluate.metrics import accuracy, attack_metrics, torch_predictor
-from harden.evaluate.triggers import BlendTrigger, build_trigger
+from harden.evaluate.triggers import build_trigger
 from harden.ingest.data.sources import ImageSet
 from harden.redteam.recipes import PoisonConfig
 from harden.redteam.zoo import poisoned_training_set

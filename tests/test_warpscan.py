@@ -6,11 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from harden.config.detect import WarpConfig
+from harden.config.evaluate import WarpTrigger
 from harden.core.train import TrainSettings, train
 from harden.detect import ScanConfig, ScanResult, inverted_asr, scan
-from harden.detect.warp import WarpConfig, warp_images, warp_scan
+from harden.detect.warp import warp_images, warp_scan
 from harden.evaluate.metrics import torch_predictor
-from harden.evaluate.triggers import WarpTrigger, build_trigger
+from harden.evaluate.triggers import build_trigger
 from harden.ingest.data.sources import ImageSet
 from harden.ingest.models.registry import create_model
 from harden.redteam.recipes import PoisonConfig

@@ -12,13 +12,11 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import ValidationError
 
-from harden.config.schema import (
-    PipelineConfig,
-    is_registry_uri,
-)
+from harden.config.evaluate import ArrayRef
+from harden.config.ingest import is_registry_uri
+from harden.config.schema import PipelineConfig
 from harden.core.base import StrictModel
 from harden.core.errors import ConfigError
-from harden.evaluate.triggers import ArrayRef
 
 M = TypeVar("M", bound=StrictModel)
 

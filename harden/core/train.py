@@ -87,8 +87,8 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
     """Train mode, optionally keeping BatchNorm running statistics frozen.
 
-    Re-estimating BN statistics on a small clean set was measured to bring a pruned backdoor back (zoo BadNets:
-    ASR 3.6% with frozen statistics vs 14-24% without), and small batches make the estimates noisy anyway.
+    Re-estimating BN statistics on a small clean set was measured to bring a pruned backdoor back (docs/methods.md),
+    and small batches make the estimates noisy anyway.
     """
     model.train()
     if freeze_bn:

@@ -9,30 +9,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from xml.etree import ElementTree as ET
 
-from pydantic import Field
-
-from harden.core.base import StrictModel
+from harden.config.deploy import GateConfig
 from harden.core.io import atomic_write_bytes
 
 GATE_FAILED = 3  # distinct from 2 (could not run: a user mistake) and 1 (a bug in harden)
 
 
-class GateConfig(StrictModel):
-    enabled: bool = False
-    max_asr: Optional[float] = Field(None, ge=0, le=1, description="largest ASR after, for every verify trigger")
-    max_asr_per_trigger: dict[str, float] = Field(default_factory=dict, description="per trigger name; overrides max_asr")
-    max_clean_acc_drop: Optional[float] = Field(None, ge=0, le=1, description="largest clean-accuracy drop, absolute")
-    max_onnx_diff: Optional[float] = Field(None, gt=0, description="largest |torch - onnxruntime| logit difference")
-    max_itasr: Optional[float] = Field(None, ge=0, le=1, description="largest inverted-trigger ASR after hardening "
-                                       "(trigger-free; needs stages.scan; passes when the scan flags nothing)")
-    rescan_clean: bool = Field(False, description="fail when a fresh Neural Cleanse scan of the hardened model still "
-                               "flags it (needs stages.scan.rescan)")
-    max_latency_ratio: Optional[float] = Field(None, gt=0, description="largest hardened / source ONNX latency, at "
-                                               "every batch size of stages.export.latency_batches (1.0: no slower)")
-    promote_alias: str = Field("production", min_length=1, description="registry alias moved only when the gate passes")
 
 
 @dataclass(frozen=True)

@@ -12,28 +12,14 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
-from pydantic import Field
 
+from harden.config.deploy import Int8Config
 from harden.core.artifacts import InputContract
-from harden.core.base import StrictModel
 from harden.core.errors import StageError
 from harden.core.io import atomic_write_bytes
 from harden.ingest.data.sources import ImageSet
-
-
-class Int8Config(StrictModel):
-    enabled: bool = False
-    calibration_images: int = Field(512, ge=1, description="tune-split images used to calibrate activation ranges")
-    per_channel: bool = Field(True, description="per-channel weight scales (else one per tensor)")
-    method: str = Field("minmax", pattern="^(minmax|entropy|percentile)$", description="activation range calibration")
-    fp32_ends: bool = Field(True, description="keep the first conv (fed by the raw image) and the classifier in "
-                            "fp32, as is usual: on the zoo's clean width-16 network this took held-out top-1 agreement "
-                            "with fp32 from 94.2 % to 99.6 %")
-    max_top1_disagreement: Optional[float] = Field(
-        None, ge=0, le=1, description="fail the stage when INT8 and fp32 disagree on more held-out images than this")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harden.config.schema import ExportStage
+from harden.config.deploy import ExportStage
 from harden.core.artifacts import ExportResult, ModelArtifact
 from harden.core.errors import ExportParityError, StageError
 from harden.core.io import atomic_write_bytes

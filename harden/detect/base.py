@@ -9,29 +9,20 @@ clean models), arrays for the resume cache, and its own row of the scan picture.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Optional, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import Field
 
+from harden.config.detect import DETECTORS, DetectorConfig
 from harden.core.artifacts import InputContract
-from harden.core.base import StrictModel
-from harden.core.registry import Registry
 from harden.ingest.data.sources import ImageSet
 
 ApplyTrigger = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images in [0, 1], trigger parameters) -> images
 Trigger = tuple[torch.Tensor, ApplyTrigger, tuple[float, float]]  # (free parameters, apply, the parameters' range)
 
 
-class DetectorConfig(StrictModel):
-    """Base of every detector's YAML section (stages.scan.detectors.<name>)."""
-
-    statistic_threshold: Optional[float] = Field(
-        None, description="flag the class with the highest statistic when the model's statistic reaches this, in "
-        "place of the detector's own rule (null: its own rule); the red-team benchmark's calibration "
-        "(benchmarks/calibrate.py) derives it from the statistic on clean models only")
 
 
 class Finding(Protocol):
@@ -75,7 +66,6 @@ class Detector(Protocol):
     def row(summary: dict[str, Any]) -> tuple[str, str, str]: ...  # the summary table's row from report.json
 
 
-DETECTORS: Registry[type[Detector]] = Registry("detector")
 
 
 def register_detector(name: str, description: str) -> Callable[[type], type]:

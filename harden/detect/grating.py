@@ -7,13 +7,8 @@ sinusoid, and a strong enough grating sends most images of these small CIFAR mod
 the scan lays a grid of grey gratings over direction and frequency at one faint amplitude, measures for every class the
 best grating's success (the share of other classes' images it sends there) and the best success of the gratings far
 from that one (in direction or frequency), and flags the class where the peak beats the far gratings by `min_gap`.
-
-Zoo, defaults (peak 0.08, the 20/255 amplitude of the SIG paper; 200 tune images; 24 directions x 21 frequencies):
-SIG's class 0 peaks at 0.88 at 0 degrees and 6.25 cycles (its trigger: 0 degrees, 6 cycles), far gratings reach 0.23:
-a gap of 0.65. The largest gap of any other class of the zoo is 0.35 (BadNets model, "deer": 0.90 against 0.55);
-the clean model's is 0.28 (class 9: 0.44 against 0.16), and its "frog" peak, 0.70, has far gratings at 0.62. The
-default `min_gap` sits half way. Random sampling of about as many gratings missed SIG's narrow peak in one of two
-draws, hence the grid. Trigger-free: clean images and the model only.
+A grid, not random sampling: random draws of about as many gratings can miss a narrow peak. Trigger-free: clean
+images and the model only. Where the defaults come from: docs/methods.md.
 """
 
 from __future__ import annotations
@@ -25,29 +20,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import Field
 
+from harden.config.detect import GratingConfig
 from harden.core.artifacts import InputContract
 from harden.core.progress import track
 from harden.core.train import frozen_copy
-from harden.detect.base import DetectorConfig, Trigger, flag_text, marker, register_detector, target_array, target_from
+from harden.detect.base import Trigger, flag_text, marker, register_detector, target_array, target_from
 from harden.ingest.data.sources import ImageSet
-
-
-class GratingConfig(DetectorConfig):
-    """The grating scan (finds SIG-style periodic triggers)."""
-
-    amplitude: float = Field(0.08, gt=0, le=0.5, description="peak of every grating, raw pixels")
-    directions: int = Field(24, ge=1, description="grating directions over 180 degrees")
-    max_freq: float = Field(16.0, ge=1, description="highest frequency, cycles per image width (grid from 1)")
-    freq_step: float = Field(0.75, gt=0, description="frequency grid step, cycles per image width")
-    images: int = Field(200, ge=10, description="tune images each grating is added to")
-    batch_size: int = Field(1024, ge=1, description="images per forward pass")
-    min_gap: float = Field(0.5, gt=0, le=1, description="flag a class whose best grating sends this much more of "
-                           "the other classes' images to it than any grating far from that one")
-    far_angle: float = Field(25.0, gt=0, le=90, description="degrees from the peak's direction that count as far")
-    far_freq: float = Field(2.5, gt=0, description="cycles per image width from the peak's frequency that count as far")
-    seed: int = 0
 
 
 @dataclass(frozen=True)

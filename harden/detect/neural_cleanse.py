@@ -14,38 +14,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
 
+from harden.config.detect import NeuralCleanseConfig
 from harden.core.artifacts import InputContract
 from harden.core.progress import track
 from harden.core.train import frozen_copy
-from harden.detect.base import DetectorConfig, Trigger, flag_text, marker, register_detector, target_array, target_from
+from harden.detect.base import Trigger, flag_text, marker, register_detector, target_array, target_from
 from harden.ingest.data.sources import ImageSet
 from harden.prune.scorers.fusion import MAD_TO_SIGMA
 
 _EPS = 1e-7
 
 
-class NeuralCleanseConfig(DetectorConfig):
-    """Neural Cleanse's inversion and its verdict."""
-
-    epochs: int = Field(30, ge=1, description="most epochs per class (reference: up to 1000)")
-    steps_per_epoch: int = Field(8, ge=1, description="mini-batches per epoch")
-    batch_size: int = Field(32, ge=1, description="clean images per step (each stamped with every class's trigger)")
-    lr: float = Field(0.1, gt=0)
-    success: float = Field(0.99, gt=0, le=1, description="attack success that counts a mask as a working trigger")
-    patience: int = Field(5, ge=1)
-    init_cost: float = Field(1e-3, gt=0, description="starting weight of the mask-size term (Neural Cleanse's lambda)")
-    early_stop_epochs: int = Field(25, ge=1, description="epochs without a smaller trigger before a class stops")
-    anomaly_threshold: float = Field(2.0, gt=0, description="flag the model when the smallest norm's index exceeds it")
-    max_norm_ratio: float = Field(0.5, gt=0, le=1, description="and when that norm is at most this share of the "
-                                  "median norm: with 10 classes the MAD is noisy, so an index above 2 alone is not "
-                                  "enough (a clean zoo model reached 2.9 at 0.65 of the median)")
-    decisive_norm_ratio: float = Field(0.25, ge=0, le=1, description="flag whatever the anomaly index when the "
-                                       "smallest norm is at most this share of the median: a trigger that small is "
-                                       "decisive, while the MAD of 10 norms misses it when the other classes spread "
-                                       "widely (a Blended zoo model: index 1.55 at 0.07 of the median); 0: off")
-    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@ here, says which finding stands for the backdoor.
 
 The policy is an order (`stages.scan.priority`): the first detector in it that flags the model gives the verdict.
 The default puts the warp inversion first, since a sub-pixel warp that sends half of all images to one class has no
-benign reading while Neural Cleanse is borderline-prone on a warp-backdoored model (zoo WaNet: index 2.9 at 0.45 of
-the median norm, on class 1; its target is 0); the grating scan comes last, since the patch and warp repairs are the
+benign reading while Neural Cleanse can flag the wrong class of a warp-backdoored model (docs/methods.md); the
+grating scan comes last, since the patch and warp repairs are the
 cheaper ones where they apply.
 """
 
@@ -17,43 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import Field, model_validator
 
+from harden.config.detect import DETECTORS, ScanConfig
+from harden.config.evaluate import TriggerBase
 from harden.core.artifacts import InputContract
-from harden.core.base import StrictModel
-from harden.core.sections import plugin_sections
 from harden.detect import grating, neural_cleanse, warp  # noqa: F401  (registers the built-in detectors)
-from harden.detect.base import DETECTORS, Finding, Trigger, stamp
+from harden.detect.base import Finding, Trigger, stamp
 from harden.evaluate.metrics import attack_metrics
-from harden.evaluate.triggers import TriggerBase
 from harden.ingest.data.sources import ImageSet
-
-# One optional section per detector, keyed by its YAML name; a detector registered later is accepted by name.
-DetectorSections = plugin_sections("DetectorSections", DETECTORS)
-
-
-class ScanConfig(StrictModel):
-    enabled: bool = False
-    detectors: DetectorSections = Field(  # type: ignore[valid-type]
-        default_factory=lambda: DetectorSections(neural_cleanse={}),  # type: ignore[call-arg]
-        description="the detectors to run, each with its settings (a detector not named does not run)")
-    priority: list[str] = Field(["warp", "neural_cleanse", "grating"], description="which detector's verdict "
-                                "stands when several flag the model: the first in this order")
-    rescan: bool = Field(False, description="also scan the hardened model afresh (trigger-free verification; "
-                         "costs a second scan); the report gets `rescan` and the gate can require it not to flag")
-
-    @model_validator(mode="after")
-    def _priority_names_detectors(self):
-        unknown = sorted(set(self.priority) - set(DETECTORS.names()))
-        if unknown:
-            raise ValueError(f"priority names {unknown}; known detectors: {', '.join(DETECTORS.names())}")
-        return self
-
-    def configured(self) -> list[tuple[str, Any]]:
-        """(name, settings) of every detector to run, in priority order (those the priority omits last)."""
-        given = dict(self.detectors.items())
-        ranked = [n for n in self.priority if n in given] + [n for n in given if n not in self.priority]
-        return [(n, given[n]) for n in ranked]
 
 
 @dataclass(frozen=True)

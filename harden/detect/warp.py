@@ -1,12 +1,12 @@
 """Warp inversion: is there a class that one tiny, smooth warp of the image reaches from everywhere?
 
-Neural Cleanse (neural_cleanse.py) looks for a small *patch*. Warping triggers (WaNet) move every pixel by a fraction of a pixel
-along a smooth field; no patch is small, so Neural Cleanse passes them. This is the same question asked of the warp
+Neural Cleanse (neural_cleanse.py) looks for a small *patch*. Warping triggers (WaNet) move every pixel by a fraction
+of a pixel along a smooth field; no patch is small, so Neural Cleanse passes them. This is the same question asked of the warp
 family: for every class at once, fit one smooth displacement field (a k x k grid of control points, bicubic-upsampled,
 each displacement bounded by `max_shift` pixels) that sends the clean images to that class, then measure how often it
 does. A model trained to obey a warp trigger has a class that such a warp reaches from nearly every image; a clean
-model's classes are all hard to reach with a sub-pixel warp (zoo, 0.5 px bound, held-out images: WaNet model class 0
-100 %, every other class of every zoo model 9 % at most). Trigger-free: clean data only.
+model's classes are all hard to reach with a sub-pixel warp (measurements: docs/methods.md). Trigger-free: clean data
+only.
 """
 
 from __future__ import annotations
@@ -18,26 +18,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
 
+from harden.config.detect import WarpConfig
 from harden.core.artifacts import InputContract
 from harden.core.progress import track
 from harden.core.train import frozen_copy
-from harden.detect.base import DetectorConfig, Trigger, flag_text, marker, register_detector, target_array, target_from
+from harden.detect.base import Trigger, flag_text, marker, register_detector, target_array, target_from
 from harden.ingest.data.sources import ImageSet
-
-
-class WarpConfig(DetectorConfig):
-    """The warp inversion (finds WaNet-style triggers)."""
-
-    grid: int = Field(4, ge=2, le=32, description="control points per side of the displacement field")
-    max_shift: float = Field(0.5, gt=0, le=4, description="largest displacement of a control point, in pixels")
-    steps: int = Field(80, ge=1, description="optimisation steps (each stamps one batch with every class's warp)")
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.1, gt=0)
-    success: float = Field(0.5, gt=0, le=1, description="flag the model when one class's warp sends at least this "
-                           "share of the other classes' images to it")
-    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harden.repair import REPAIRS
+from harden.config.repair import REPAIRS
 
 NO_TRIGGER = "none named: no known trigger was checked, so no ASR is reported (name yours under stages.verify.triggers)"
 

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-GENERATOR_PREFIX = "generator."  # where `harden zoo train` stores a trained trigger generator in trigger.npz
+from harden.config.evaluate import GENERATOR_PREFIX
+
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from harden.config.evaluate import TriggerBase
 from harden.core.artifacts import InputContract
 from harden.core.progress import track
-from harden.evaluate.triggers import Trigger, TriggerBase
+from harden.evaluate.triggers import Trigger
 from harden.ingest.data.sources import ImageSet
 
 # A predictor maps a float NCHW batch in [0, 1] to logits (numpy, N x K).

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from harden.config.schema import PruneStage
+from harden.config.prune import PruneStage
 from harden.core.artifacts import ChannelScores, ModelArtifact, PruneResult
 from harden.core.errors import StageError
 from harden.prune.surgery import ConstantRoute, constant_routes, pair_convs_with_bns

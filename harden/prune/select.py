@@ -15,12 +15,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from harden.config.schema import PruneStage
+from harden.config.prune import SCORERS, PruneStage
 from harden.core.artifacts import ChannelScores, ModelArtifact
 from harden.evaluate.metrics import accuracy, torch_predictor
 from harden.ingest.data.sources import ImageSet
 from harden.prune.remove import Prepared, masked_model
-from harden.prune.scorers import SCORERS
 
 
 @dataclass(frozen=True)

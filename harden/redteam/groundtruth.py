@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from harden.config.evaluate import TriggerConfig
 from harden.core.errors import DataError
-from harden.evaluate.triggers import TriggerConfig
 
 _TRIGGER = TypeAdapter(TriggerConfig)
 # The shared zoo's attack.json names some kinds and array keys differently from harden's trigger kinds.

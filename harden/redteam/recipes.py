@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, TypeAdapter, ValidationError
 
+from harden.config.evaluate import TriggerConfig
 from harden.config.loading import describe_error
 from harden.core.base import StrictModel
 from harden.core.errors import ConfigError
 from harden.core.registry import Registry
 from harden.evaluate.generator import TriggerGenerator, generator_arrays
-from harden.evaluate.triggers import TriggerConfig, low_frequency_pattern
+from harden.evaluate.triggers import low_frequency_pattern
 from harden.redteam.trojan import optimise_patch
 
 # generate(trigger params, seed, image shape CHW, reference model or None) -> arrays for trigger.npz; it pops the

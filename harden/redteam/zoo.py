@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from harden.config.evaluate import WarpTrigger
 from harden.core.artifacts import InputContract
 from harden.core.errors import HardenError
 from harden.core.train import TrainSettings, train
 from harden.deploy.onnx import finalize, to_onnx
 from harden.evaluate.generator import generator_arrays, load_generator
 from harden.evaluate.metrics import accuracy, attack_metrics, torch_predictor
-from harden.evaluate.triggers import WarpTrigger, build_trigger, load_warp_grid, warp_with_jitter
+from harden.evaluate.triggers import build_trigger, load_warp_grid, warp_with_jitter
 from harden.ingest.data.sources import ImageSet, _digest, _read_npz, load_images
 from harden.ingest.models.loading import load_model, sha256_file
 from harden.ingest.models.registry import create_model

@@ -2,6 +2,7 @@
 plus one name in this import list (or a `register_repair` call in your own code)."""
 
 from harden.repair import distill, fst, grating_unlearn, mcl, sau, trigger_unlearn, universal_unlearn  # noqa: F401
-from harden.repair.base import REPAIRS, Repair, RepairConfig, RepairContext, active, register_repair
+from harden.config.repair import REPAIRS, RepairConfig
+from harden.repair.base import Repair, RepairContext, active, register_repair
 
 __all__ = ["REPAIRS", "Repair", "RepairConfig", "RepairContext", "active", "register_repair"]

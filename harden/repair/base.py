@@ -1,6 +1,6 @@
-"""Repair protocol and registry. A repair is a training hook of the one fine-tune loop (harden/core/train.py), configured
-under `stages.finetune.repairs.<name>`, that says on which models it acts: every model (distillation, FST, SAU,
-universal unlearning), or a model whose scan verdict gives it a trigger to work on (MCL, trigger unlearning).
+"""Repair protocol and registry. A repair is a training hook of the one fine-tune loop (harden/core/train.py),
+configured under `stages.finetune.repairs.<name>`, that says on which models it acts: every model (distillation,
+FST, SAU, universal unlearning), or a model whose scan verdict gives it a trigger to work on (MCL, trigger unlearning).
 
 A repair may also *claim* a verdict (grating unlearning on a grating verdict): the repairs that act on the verdict's
 fixed inverted trigger then stand aside, since the claiming repair searches that trigger's whole family instead.
@@ -15,14 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harden.config.repair import REPAIRS, RepairConfig
 from harden.core.artifacts import ModelArtifact
-from harden.core.base import StrictModel
-from harden.core.registry import Registry
 from harden.detect import ScanResult
-
-
-class RepairConfig(StrictModel):
-    """Base of every repair's YAML section."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +43,6 @@ class Repair(Protocol):
     def hook(self, ctx: RepairContext) -> object: ...  # a TrainHook
 
 
-REPAIRS: Registry[type[Repair]] = Registry("repair")
 
 
 def register_repair(name: str, description: str) -> Callable[[type], type]:

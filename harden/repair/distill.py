@@ -1,9 +1,8 @@
 """Distillation: match the suspect model's softened outputs on the same clean, augmented images (every model).
 
 2,000 hard labels cannot re-teach what pruning removed; the suspect's clean-input behaviour is the richer signal and
-is what we want to keep. The teacher only ever sees clean images, so it cannot hand the trigger response back. Zoo
-BadNets, same pruning: 3.2 points of clean accuracy lost without it (2,000 test images), 1.6 with it (full test set),
-ASR 6%.
+is what we want to keep. The teacher only ever sees clean images, so it cannot hand the trigger response back
+(what it saves: docs/methods.md).
 """
 
 from __future__ import annotations
@@ -12,18 +11,11 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
-from pydantic import Field
 
+from harden.config.repair import DistillConfig
 from harden.core.artifacts import InputContract
 from harden.core.train import frozen_copy
-from harden.repair.base import EveryModel, RepairConfig, RepairContext, register_repair, softened_kl
-
-
-class DistillConfig(RepairConfig):
-    weight: float = Field(1.0, gt=0, description="weight of the distillation term; restores clean accuracy lost to "
-                          "pruning")
-    temperature: float = Field(2.0, gt=0, description="softmax temperature of the distillation")
-    mix: bool = Field(False, description="also distil on mixup blends of clean images (label-free inputs)")
+from harden.repair.base import EveryModel, RepairContext, register_repair, softened_kl
 
 
 @register_repair("distill", "distillation from the suspect model on clean images (every model)")

@@ -13,13 +13,9 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
-from pydantic import Field
 
-from harden.repair.base import EveryModel, RepairConfig, RepairContext, register_repair
-
-
-class FstConfig(RepairConfig):
-    weight: float = Field(0.2, ge=0, description="weight of <w, w_suspect> (the paper's alpha)")
+from harden.config.repair import FstConfig
+from harden.repair.base import EveryModel, RepairContext, register_repair
 
 
 @register_repair("fst", "Feature Shift Tuning: re-initialise the classifier head and penalise its alignment with "

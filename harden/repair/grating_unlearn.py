@@ -2,39 +2,25 @@
 
 GratingUnlearn covers one family of full-image triggers cheaply: periodic signals (a sinusoid or grating of any
 direction, frequency, phase and colour). A universal L2 ball big enough to hold such a signal costs the model several
-points (universal_unlearn.py); the grating family has six parameters, so robustness to it costs less
-(pipelines/grating.yaml: SIG 89.8 -> 1.1 % for 1.2 points), though still about a point on a model with nothing to
-unlearn (clean model: 1.0).
+points (universal_unlearn.py); the grating family has six parameters, so robustness to it costs less, though still
+about a point on a model with nothing to unlearn (docs/methods.md).
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
 
+from harden.config.repair import GratingUnlearnConfig
 from harden.core.artifacts import InputContract
 from harden.core.train import frozen_copy
 from harden.detect import ScanResult
 from harden.detect.grating import sine_waves
-from harden.repair.base import EveryModel, RepairConfig, RepairContext, register_repair, softened_kl
-
-
-class GratingUnlearnConfig(RepairConfig):
-    weight: float = Field(0.5, gt=0, description="weight of distilling the output on a clean image plus the grating "
-                          "that pulls hardest towards one class to the suspect's clean output")
-    when: Literal["always", "grating_verdict"] = Field(
-        "always", description="always: on every model (it costs clean models accuracy too); grating_verdict: only "
-        "when the scan's verdict is a grating, in place of the repairs on its one peak grating (MCL, trigger "
-        "unlearning)")
-    amplitude: float = Field(0.1, gt=0, le=1, description="largest peak amplitude of a grating, raw pixels")
-    max_freq: float = Field(12.0, ge=1, le=64, description="highest grating frequency, cycles per image width")
-    candidates: int = Field(16, ge=1, description="random gratings drawn per batch")
-    keep: int = Field(4, ge=1, description="of those, how many of the strongest one-class pulls are unlearnt")
+from harden.repair.base import EveryModel, RepairContext, register_repair, softened_kl
 
 
 @register_repair("grating_unlearn", "unlearning of random gratings that pull one class hardest (every model, or "
@@ -80,14 +66,8 @@ class GratingUnlearn:
     one class (the mean rise of any one class's probability over the suspect's clean-image output): a backdoor's
     signature is one class reached from everywhere, while merely noisy gratings spread their damage. Each image gets
     one of the kept gratings, and the model's output on it is distilled towards the suspect's output on the clean
-    image. Trigger-free: random patterns, clean images and the suspect's own outputs.
-
-    Scratch runs on the zoo (15 epochs, full test set): random gratings without the pick took SIG from 89.8 to
-    12.8 % ASR; picking the gratings that change the output most, to 0.96 % for 2.2 points of accuracy; the one-class
-    pick at weight 0.5, to 1.2 % for 0.6. It is not free on a model without such a backdoor: the zoo clean model lost
-    1.3 points (0.3 with distillation alone), its natural texture directions (gratings reach "frog" from most images)
-    being what gets unlearnt. Unlearning in the first epochs only and letting the rest recover was tried and dropped:
-    the clean model then lost 0.4, but SIG came back to anywhere between 1.6 and 11 %.
+    image. Trigger-free: random patterns, clean images and the suspect's own outputs. On a model without such a
+    backdoor its natural texture directions are what gets unlearnt; the variants tried: docs/methods.md.
     """
 
     def __init__(self, teacher: nn.Module, contract: InputContract, weight: float, amplitude: float, max_freq: float,

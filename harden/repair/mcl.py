@@ -15,18 +15,12 @@ from typing import Callable, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
 
+from harden.config.repair import MclConfig
 from harden.core.artifacts import InputContract
 from harden.core.errors import StageError
 from harden.core.train import frozen_copy
-from harden.repair.base import OnVerdict, RepairConfig, RepairContext, register_repair
-
-
-class MclConfig(RepairConfig):
-    weight: float = Field(1.0, gt=0, description="weight of the contrastive term on inputs stamped with the verdict's "
-                          "inverted trigger")
-    temperature: float = Field(0.5, gt=0, description="temperature of the contrastive term")
+from harden.repair.base import OnVerdict, RepairContext, register_repair
 
 
 @register_repair("mcl", "MCL: pull the features of inputs stamped with the verdict's inverted trigger toward the "

@@ -14,40 +14,17 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
 
+from harden.config.repair import PolarizeConfig
 from harden.core.artifacts import InputContract, ModelArtifact
-from harden.core.base import StrictModel
 from harden.core.errors import StageError
 from harden.core.train import TrainSettings, train
 from harden.ingest.data.sources import ImageSet
 from harden.prune.surgery import feature_producers
-
-
-class PolarizeConfig(StrictModel):
-    enabled: bool = False
-    at: Optional[str] = Field(None, description="module whose input is polarized (default: the smallest module "
-                              "holding every conv that feeds the classifier, e.g. layer4: the full feature path "
-                              "before the last stage)")
-    epochs: int = Field(10, ge=1, description="reference: 50 (a few GPU-minutes); 10 keeps CPU runs to minutes")
-    lr: float = Field(0.001, gt=0, description="reference: 0.01, which on the width-16 zoo network took held-out "
-                      "accuracy to 38% within an epoch (at the reference insertion point too); 0.001 kept it")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(128, ge=1)
-    steps: int = Field(2, ge=1, description="inner targeted-perturbation steps")
-    step_size: float = Field(0.1, gt=0, description="inner sign-step size, raw pixel units")
-    radius: float = Field(3.0, gt=0, description="L2 radius of the perturbation (raw pixels, 32x32x3)")
-    early_stop: float = Field(0.6, gt=0, le=1, description="stop the inner steps once this share hits the target")
-    loss_weights: tuple[float, float, float, float] = Field((1.0, 0.4, 0.4, 0.4), description="clean CE, "
-                                                            "perturbed CE to the clean prediction, suppress the "
-                                                            "strongest wrong class, push from the estimated target")
-    max_steps: Optional[int] = Field(None, ge=1, description="cap on optimizer steps (tests and smoke runs)")
 
 
 @dataclass(frozen=True)
@@ -121,7 +98,7 @@ def calibrate(model: nn.Module, at: str, data: ImageSet, contract: InputContract
               batch_size: int = 256) -> None:
     """Set the polarizer BN's statistics to the exact mean/variance of its input over ``data``, and its affine to
     their inverse, so the layer stays the identity. (Calibrating alone, as the reference's warm-up does, normalises
-    the features the next layer expects: zoo Blended lost 7 points of held-out accuracy there.)"""
+    the features the next layer expects, which costs accuracy: docs/methods.md.)"""
     bn = model.get_submodule(at).polarizer.bn
     bn.reset_running_stats()
     bn.momentum = None  # cumulative average

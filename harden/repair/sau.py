@@ -17,20 +17,11 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
 
+from harden.config.repair import SauConfig
 from harden.core.artifacts import InputContract
 from harden.core.train import frozen_copy
-from harden.repair.base import EveryModel, RepairConfig, RepairContext, register_repair
-
-
-class SauConfig(RepairConfig):
-    weight: float = Field(1.0, ge=0, description="weight of -log(1 - p(the suspect's wrong class)) on the shared "
-                          "adversarial examples")
-    eps: float = Field(0.1, gt=0, le=1, description="L-inf radius of the search, raw pixels in [0, 1]")
-    steps: int = Field(3, ge=1, description="signed-ascent steps of the search per batch (each costs two passes)")
-    adv_weight: float = Field(0.0, ge=0, description="weight of the cross-entropy on the same examples (plain "
-                              "adversarial training; 0: off)")
+from harden.repair.base import EveryModel, RepairContext, register_repair
 
 
 @register_repair("sau", "Shared Adversarial Unlearning: unlearn perturbations on which the model and the suspect "

@@ -7,18 +7,11 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
 
+from harden.config.repair import TriggerUnlearnConfig
 from harden.core.artifacts import InputContract
 from harden.detect.base import ApplyTrigger
-from harden.repair.base import OnVerdict, RepairConfig, RepairContext, register_repair
-
-
-class TriggerUnlearnConfig(RepairConfig):
-    weight: float = Field(0.3, gt=0, description="weight of the loss on the batch stamped with the re-fitted trigger")
-    steps: int = Field(3, ge=1, description="signed-descent steps re-fitting the trigger per batch")
-    step_size: float = Field(0.1, gt=0, le=1, description="size of each step, a fraction of the parameters' range "
-                             "(pattern: [0, 1]; warp: +-max_shift pixels)")
+from harden.repair.base import OnVerdict, RepairContext, register_repair
 
 
 @register_repair("trigger_unlearn", "adversarial unlearning of the verdict's inverted trigger (pattern inside its "
@@ -39,8 +32,8 @@ class TriggerUnlearn:
     """Adversarial unlearning of the scan's inverted trigger, for a model the scan flagged.
 
     The inverted trigger is a snapshot of the backdoor in the suspect model. Fine-tuning soon makes the model ignore
-    that exact snapshot while the real trigger, which the inversion only approximates, still works (zoo BadNets after
-    MCL on the fixed snapshot: ASR 4.4 %). So on every batch the trigger's free parameters (the pattern inside Neural
+    that exact snapshot while the real trigger, which the inversion only approximates, still works (docs/methods.md).
+    So on every batch the trigger's free parameters (the pattern inside Neural
     Cleanse's mask, or the warp's control points) are re-fitted to the model as it is now (signed descent on the
     cross-entropy to the suspected target, warm-started, kept in their range), and the model learns to classify the
     stamped batch by its true labels. The target comes from the scan, never from the attack.

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from harden.detect import DETECTORS
+from harden.config.detect import DETECTORS
 from harden.detect.base import flag_text
 from harden.evaluate import checked
 

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from harden.config.schema import FinetuneStage, PipelineConfig
+from harden.config.repair import REPAIRS, FinetuneStage
+from harden.config.schema import PipelineConfig
 from harden.core.artifacts import FinetuneResult, ModelArtifact
 from harden.core.context import RunContext
 from harden.core.progress import console
@@ -22,7 +23,7 @@ from harden.core.train import TrainSettings, train
 from harden.detect import ScanResult
 from harden.evaluate.metrics import accuracy, torch_predictor
 from harden.ingest.data.sources import ImageSet
-from harden.repair import REPAIRS, Repair, RepairContext, active
+from harden.repair import Repair, RepairContext, active
 
 
 def repairs_for(cfg: FinetuneStage, scan: ScanResult | None) -> dict[str, Repair]:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harden.config.schema import PipelineConfig, is_registry_uri
+from harden.config.ingest import is_registry_uri
+from harden.config.schema import PipelineConfig
 from harden.core.artifacts import InputContract, ModelArtifact
 from harden.core.context import RunContext
 from harden.core.errors import DataError

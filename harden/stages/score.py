@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from harden.config.schema import PipelineConfig, ScoreStage
+from harden.config.prune import SCORERS, ScoreStage
+from harden.config.schema import PipelineConfig
 from harden.core.artifacts import ChannelScores, ModelArtifact
 from harden.core.context import RunContext
 from harden.core.errors import StageError
@@ -15,7 +16,6 @@ from harden.core.resume import StageCache, scores_from_arrays, scores_to_arrays
 from harden.core.stage import register_stage
 from harden.core.state import RunState
 from harden.ingest.data.sources import ImageSet
-from harden.prune.scorers import SCORERS
 from harden.prune.scorers.fusion import fuse
 from harden.report.plots import score_histograms
 

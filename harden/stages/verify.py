@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from harden.config.schema import PipelineConfig, VerifyStage
+from harden.config.evaluate import VerifyStage
+from harden.config.schema import PipelineConfig
 from harden.core.artifacts import VerifyReport
 from harden.core.context import RunContext
 from harden.core.stage import register_stage

@@ -1,4 +1,4 @@
-"""PreAct-ResNet18 as used by BackdoorBench, with the base width as a parameter (module names match the zoo)."""
+"""PreAct-ResNet18 as used by BackdoorBench, with the base width as a parameter (module names match BackdoorBench's)."""
 
 from __future__ import annotations
 

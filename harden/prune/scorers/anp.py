@@ -17,29 +17,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
 
+from harden.config.prune import AnpConfig
 from harden.core.artifacts import ChannelScores, InputContract, LayerScores
 from harden.core.progress import track
 from harden.core.train import augment_batch
 from harden.ingest.data.sources import ImageSet
-from harden.prune.scorers.base import ScorerConfig, register_scorer
+from harden.prune.scorers.base import register_scorer
 from harden.prune.surgery import pair_convs_with_bns
-
-
-class AnpConfig(ScorerConfig):
-    eps: float = Field(0.4, gt=0, description="perturbation budget on each channel's scale and shift (too large and "
-                       "benign channels collapse too, too small and the masks do not separate; the reference's 0.4 is "
-                       "for ResNet-18 at width 64, pipelines/anp.yaml uses 0.2 at width 16)")
-    steps: int = Field(1, ge=1, description="inner maximisation steps per iteration")
-    alpha: float = Field(0.2, ge=0, le=1, description="weight of the natural loss (1 - alpha on the perturbed one)")
-    mask_lr: float = Field(0.2, gt=0, description="learning rate of the neuron masks")
-    iterations: int = Field(2000, ge=1, description="outer iterations (reference: 2000 at batch 128)")
-    batch_size: int = Field(128, ge=1)
-    project_noise: bool = Field(False, description="clip the noise back to [-eps, eps] (paper); off as the code")
-    tau: float = Field(0.2, ge=0, lt=1, description="flag channels whose mask ends at or below tau")
-    augment: bool = True
-    seed: int = 0
 
 
 class _Site:
@@ -80,7 +65,7 @@ class AnpScorer:
     needs_data: ClassVar[bool] = True
     thresholds: ClassVar[list[float]] = [0.9, 0.8, 0.7, 0.6, 0.5]  # 1 - mask: flag masks below 0.1 ... 0.5
     # 1 - mask is on an absolute scale: in a layer where ANP found nothing, masks of 0.96-1.0 have a tiny spread that a
-    # robust z-score would blow up (zoo BadNets: 278 of 1,200 channels at z > 3). Fusion divides by at least 0.1.
+    # robust z-score would blow up (docs/methods.md). Fusion divides by at least 0.1.
     min_scale: ClassVar[float] = 0.1
 
     def __init__(self, cfg: AnpConfig):

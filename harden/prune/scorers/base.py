@@ -7,14 +7,9 @@ from typing import Callable, ClassVar, Protocol
 
 import torch.nn as nn
 
+from harden.config.prune import SCORERS, ScorerConfig
 from harden.core.artifacts import ChannelScores, InputContract
-from harden.core.base import StrictModel
-from harden.core.registry import Registry
 from harden.ingest.data.sources import ImageSet
-
-
-class ScorerConfig(StrictModel):
-    """Base of every scorer's YAML section."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +28,6 @@ class Scorer(Protocol):
     def score(self, model: nn.Module, data: ImageSet | None, contract: InputContract) -> ChannelScores: ...
 
 
-SCORERS: Registry[ScorerInfo] = Registry("scorer")
 
 
 def register_scorer(name: str, description: str, config_cls: type[ScorerConfig]):

@@ -6,16 +6,11 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
-from pydantic import Field
 
+from harden.config.prune import ClpConfig
 from harden.core.artifacts import ChannelScores, LayerScores
-from harden.prune.scorers.base import ScorerConfig, register_scorer
+from harden.prune.scorers.base import register_scorer
 from harden.prune.surgery import pair_convs_with_bns
-
-
-class ClpConfig(ScorerConfig):
-    u: float = Field(3.0, gt=0, description="flag channels whose within-layer z-score of UCLC exceeds u")
-    min_channels: int = Field(8, ge=2, description="layers with fewer output channels are scored but never flagged")
 
 
 def uclc(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> torch.Tensor:

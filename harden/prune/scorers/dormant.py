@@ -16,21 +16,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
 
+from harden.config.prune import DormantConfig
 from harden.core.artifacts import ChannelScores, InputContract, LayerScores
 from harden.core.errors import StageError
 from harden.core.progress import track
 from harden.ingest.data.sources import ImageSet
-from harden.prune.scorers.base import ScorerConfig, register_scorer
+from harden.prune.scorers.base import register_scorer
 from harden.prune.surgery import feature_producers, find_classifier, pair_convs_with_bns
-
-
-class DormantConfig(ScorerConfig):
-    layers: list[str] = Field(default_factory=list, description="BatchNorm or conv modules to profile (default: the "
-                                                                 "feature map feeding the classifier)")
-    fraction: float = Field(0.2, gt=0, lt=1, description="the scorer's own flags: this most dormant share per layer")
-    batch_size: int = Field(256, ge=1)
 
 
 def _producers(model: nn.Module, name: str) -> list[str]:

@@ -8,23 +8,15 @@ every method's score is kept for the report (which evidence flagged what).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
+from harden.config.prune import SCORERS, FusionConfig
 from harden.core.artifacts import ChannelScores, LayerScores
-from harden.core.base import StrictModel
-from harden.prune.scorers import SCORERS
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 THRESHOLDS = {"zscore": (3.0, 2.75, 2.5, 2.25, 2.0), "rank": (0.98, 0.96, 0.94, 0.92, 0.9)}
 
 
-class FusionConfig(StrictModel):
-    method: Literal["zscore", "rank"] = Field("zscore", description="how several scorers' scores are put on one "
-                                                "scale before they are combined")
-    weights: dict[str, float] = Field(default_factory=dict, description="per scorer name; missing ones weigh 1")
 
 
 def standardise(score: torch.Tensor, how: str, min_scale: float = 0.0) -> torch.Tensor:
