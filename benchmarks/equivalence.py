@@ -3,6 +3,7 @@
     python benchmarks/equivalence.py record OLD.json [WORKDIR]    # on the commit before the change
     python benchmarks/equivalence.py record NEW.json [WORKDIR]    # after it
     python benchmarks/equivalence.py compare OUT.json NEW.json
+    python benchmarks/equivalence.py runs OLD_RUN_DIR NEW_RUN_DIR      # two `harden run --out` folders of real models
 
 Two tiny_cnn models trained here on synthetic 16x16 images (one with a planted 3-pixel patch backdoor, one clean), each
 hardened by every YAML in pipelines/ with small epoch counts (`--set`), so every stage and repair runs in minutes.
@@ -114,6 +115,13 @@ def graph_sha256(path: Path) -> str:
     return hashlib.sha256(onnx.load(str(path)).graph.SerializeToString()).hexdigest()
 
 
+def run_figures(run: Path) -> dict:
+    """One run folder's report without what legitimately varies, and its ONNX graph's sha256."""
+    report = json.loads((run / "report.json").read_text())
+    onnx_path = run / "model.onnx"
+    return {"report": stable(report), "onnx_graph_sha256": graph_sha256(onnx_path) if onnx_path.is_file() else None}
+
+
 def differences(a, b, key: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in sorted(set(a) | set(b)) for d in (
@@ -128,8 +136,9 @@ def main(argv: list[str]) -> int:
     if len(argv) in (2, 3) and argv[0] == "record":
         record(Path(argv[1]), Path(argv[2] if len(argv) == 3 else "/tmp/harden-equivalence"))
         return 0
-    if len(argv) == 3 and argv[0] == "compare":
-        diffs = differences(json.loads(Path(argv[1]).read_text()), json.loads(Path(argv[2]).read_text()))
+    if len(argv) == 3 and argv[0] in ("compare", "runs"):
+        load = run_figures if argv[0] == "runs" else (lambda p: json.loads(p.read_text()))
+        diffs = differences(load(Path(argv[1])), load(Path(argv[2])))
         print("\n".join(diffs) or "same figures and ONNX files")
         return 1 if diffs else 0
     print(__doc__)

@@ -5,7 +5,7 @@ from harden.config.deploy import ExportStage
 from harden.core.artifacts import ModelArtifact
 from harden.core.errors import ExportParityError
 from harden.ingest.data.sources import ImageSet
-from harden.stages import export
+from harden.deploy import onnx as export
 
 from .conftest import TINY_CONTRACT, synthetic_images
 

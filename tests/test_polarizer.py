@@ -8,7 +8,7 @@ from harden.core.artifacts import ModelArtifact
 from harden.ingest.data.sources import ImageSet
 from harden.ingest.models.registry import create_model
 from harden.repair import polarizer
-from harden.stages import export
+from harden.deploy import onnx as export
 
 from .conftest import TINY_CONTRACT, synthetic_images
 
