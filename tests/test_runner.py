@@ -22,6 +22,7 @@ from harden.config.prune import SCORERS
 from harden.config.repair import REPAIRS, RepairConfig
 from harden.core.errors import ConfigError
 from harden.core.stage import STAGES, register_stage
+from harden.core.train import TrainHook
 from harden.detect import register_detector
 from harden.pipeline import run_pipeline
 from harden.repair import register_repair
@@ -168,7 +169,7 @@ def test_a_detector_and_a_repair_registered_outside_harden_run_in_a_pipeline(tin
         def hook(self, ctx):
             weight, stamp = self.cfg.weight, ctx.scan.stamp
 
-            class Hook:
+            class Hook(TrainHook):
                 def extra_loss(self, model, x, y, logits):
                     steps.append(len(x))
                     return weight * torch.nn.functional.cross_entropy(model(ctx.model.contract.normalize(stamp(x))), y)

@@ -3,7 +3,7 @@ import copy
 import numpy as np
 import torch
 
-from harden.core.train import TrainSettings, augment_batch, train
+from harden.core.train import TrainHook, TrainSettings, augment_batch, train
 from harden.evaluate.metrics import accuracy, torch_predictor
 from harden.ingest.data.sources import ImageSet
 
@@ -18,7 +18,7 @@ def _sets():
     return ImageSet(x, y, "tune", "0"), ImageSet(xt, yt, "held", "1")
 
 
-class Recorder:
+class Recorder(TrainHook):
     def __init__(self):
         self.losses, self.steps = 0, 0
 
@@ -83,7 +83,7 @@ def test_diverged_training_hands_back_the_start_model(trained_tiny):
         assert torch.allclose(out.model(C.normalize(x)), trained_tiny(C.normalize(x)))
 
 
-class _Crash:
+class _Crash(TrainHook):
     """Stands for a killed process: raises on the first step of the given epoch."""
 
     def __init__(self, at_step: int):

@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,14 +19,28 @@ from harden.core.progress import track
 from harden.ingest.data.sources import ImageSet
 
 
-class TrainHook(Protocol):
-    """Optional callbacks; implement only what you need (missing methods are skipped)."""
+class TrainHook:
+    """What a repair, a pruning mask or an attack adds to the one training loop. Every method is a no-op here:
+    override what you need."""
 
-    def extra_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor: ...
+    def start(self, model: nn.Module) -> None:
+        """Once, on the model about to be trained, before its first step."""
 
-    def after_step(self, model: nn.Module) -> None: ...
+    def extra_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   logits: torch.Tensor) -> torch.Tensor | None:
+        """A term added to the batch's cross-entropy (x: raw pixels in [0, 1], augmented; logits: the model's on x),
+        or None for none."""
+        return None
 
-    def start(self, model: nn.Module) -> None: ...  # once, on the model about to be trained, before its first step
+    def after_step(self, model: nn.Module) -> None:
+        """After each optimizer step (e.g. keep removed channels at zero)."""
+
+    def state_dict(self) -> dict | None:
+        """What the hook carries from epoch to epoch, saved in the loop's checkpoints (None: nothing)."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() returned, when a run resumes."""
 
 
 @dataclass
@@ -104,7 +118,7 @@ def train(
     settings: TrainSettings,
     evaluate: Callable[[nn.Module], float],
     device: torch.device,
-    hooks: list[object] = (),  # type: ignore[assignment]
+    hooks: Sequence[TrainHook] = (),
     label: str = "fine-tune",
 ) -> TrainOutcome:
     """SGD + cosine on ``tune``; after each epoch ``evaluate`` (held-out score, higher is better) picks the best
@@ -129,8 +143,7 @@ def train(
     history: list[dict[str, float]] = []
     epoch, first = 0, 1
     for hook in hooks:
-        if hasattr(hook, "start"):
-            hook.start(model)
+        hook.start(model)
     saved = _load_checkpoint(settings.checkpoint)
     if saved is not None:  # resume: every state that the next epoch depends on, so the result is the same
         model.load_state_dict(saved["model"])
@@ -160,8 +173,9 @@ def train(
             logits = model(inputs.contiguous(memory_format=torch.channels_last) if settings.channels_last else inputs)
             loss = F.cross_entropy(logits, y)
             for hook in hooks:
-                if hasattr(hook, "extra_loss"):
-                    loss = loss + hook.extra_loss(model, x, y, logits)
+                term = hook.extra_loss(model, x, y, logits)
+                if term is not None:
+                    loss = loss + term
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if settings.clip_grad_norm:
@@ -169,8 +183,7 @@ def train(
             opt.step()
             sched.step()
             for hook in hooks:
-                if hasattr(hook, "after_step"):
-                    hook.after_step(model)
+                hook.after_step(model)
             losses.append(float(loss.detach()))
             step += 1
             if step >= total:
@@ -187,7 +200,7 @@ def train(
             _save_checkpoint(settings.checkpoint, {"finished": finished,
                 "epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks],
+                "hooks": [h.state_dict() for h in hooks],
                 "best": best, "best_state": best_state, "best_epoch": best_epoch, "stale": stale, "step": step,
                 "start": start, "start_state": start_state, "history": history})
         if finished:

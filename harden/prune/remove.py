@@ -27,6 +27,7 @@ import torch_pruning as tp
 from harden.config.prune import PruneStage
 from harden.core.artifacts import ChannelScores, ModelArtifact, PruneResult
 from harden.core.errors import StageError
+from harden.core.train import TrainHook
 from harden.prune.surgery import ConstantRoute, constant_routes, pair_convs_with_bns
 
 
@@ -205,7 +206,7 @@ def _zero_gamma(model: nn.Module, gamma: dict[str, list[int]]) -> None:
             model.get_submodule(name).weight[idxs] = 0
 
 
-class ZeroMask:
+class ZeroMask(TrainHook):
     """Training hook: keeps silenced channels at exactly 0 through fine-tuning (they must stay gone), and the
     channels given gamma 0 by coupled: gamma at gamma 0 (their beta trains on)."""
 

@@ -19,10 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harden.core.artifacts import InputContract
+from harden.core.train import TrainHook
 from harden.evaluate.generator import TriggerGenerator, stamp
 
 
-class InputAwareHook:
+class InputAwareHook(TrainHook):
     """Training hook: adds the backdoor and cross-trigger batches and the generator's own terms to the loss, and
     steps the generator after every classifier step."""
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from harden.core.artifacts import InputContract
 from harden.core.errors import HardenError
+from harden.core.train import TrainHook
 from harden.ingest.data.sources import ImageSet
 from harden.prune.scorers.dormant import channel_means
 from harden.prune.surgery import find_classifier, trace
@@ -62,7 +63,7 @@ def dormancy(model: nn.Module, bn_name: str, data: ImageSet, contract: InputCont
                          [bn_name])[bn_name].numpy()
 
 
-class KeepDecoysDead:
+class KeepDecoysDead(TrainHook):
     """Training hook: the decoy channels' BN affine is put back to (0, -1) after every step, so weight decay or
     momentum never revives them."""
 

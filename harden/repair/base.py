@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from harden.config.repair import REPAIRS, RepairConfig
 from harden.core.artifacts import ModelArtifact
+from harden.core.train import TrainHook
 from harden.detect import ScanResult
 
 
@@ -40,7 +41,7 @@ class Repair(Protocol):
 
     def claims(self, scan: ScanResult | None) -> bool: ...  # takes the verdict over from the trigger-based repairs
 
-    def hook(self, ctx: RepairContext) -> object: ...  # a TrainHook
+    def hook(self, ctx: RepairContext) -> TrainHook: ...
 
 
 

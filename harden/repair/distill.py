@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from harden.config.repair import DistillConfig
 from harden.core.artifacts import InputContract
-from harden.core.train import frozen_copy
+from harden.core.train import TrainHook, frozen_copy
 from harden.repair.base import EveryModel, RepairContext, register_repair, softened_kl
 
 
@@ -29,7 +29,7 @@ class DistillRepair(EveryModel):
         return Distill(ctx.suspect, ctx.model.contract, c.weight, c.temperature, c.mix, ctx.seed)
 
 
-class Distill:
+class Distill(TrainHook):
     """Training hook: the softened KL to a frozen copy of the suspect, on the batch (and its mixup blends)."""
 
     def __init__(self, teacher: nn.Module, contract: InputContract, weight: float, temperature: float,

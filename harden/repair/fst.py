@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from harden.config.repair import FstConfig
+from harden.core.train import TrainHook
 from harden.repair.base import EveryModel, RepairContext, register_repair
 
 
@@ -29,7 +30,7 @@ class FstRepair(EveryModel):
         return FeatureShift(ctx.model.classifier, self.cfg.weight, ctx.seed)
 
 
-class FeatureShift:
+class FeatureShift(TrainHook):
     def __init__(self, classifier: str, weight: float, seed: int = 0):
         self.classifier, self.weight, self.seed = classifier, weight, seed
         self.original: torch.Tensor | None = None  # the suspect's head weight, kept to penalise alignment with it

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from harden.config.repair import GratingUnlearnConfig
 from harden.core.artifacts import InputContract
-from harden.core.train import frozen_copy
+from harden.core.train import TrainHook, frozen_copy
 from harden.detect import ScanResult
 from harden.detect.grating import sine_waves
 from harden.repair.base import EveryModel, RepairContext, register_repair, softened_kl
@@ -59,7 +59,7 @@ def random_gratings(n: int, size: tuple[int, int], amplitude: float, max_freq: f
     return (peak[:, None] * colour)[:, :, None, None] * sine_waves(theta, freq, phase, size)[:, None]
 
 
-class GratingUnlearn:
+class GratingUnlearn(TrainHook):
     """Teach the model that an added grating changes nothing, for periodic full-image triggers no scan flags (SIG).
 
     Every batch draws ``candidates`` random gratings and keeps the ``keep`` that pull a probe batch hardest towards

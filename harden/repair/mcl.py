@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from harden.config.repair import MclConfig
 from harden.core.artifacts import InputContract
 from harden.core.errors import StageError
-from harden.core.train import frozen_copy
+from harden.core.train import TrainHook, frozen_copy
 from harden.repair.base import OnVerdict, RepairContext, register_repair
 
 
@@ -63,7 +63,7 @@ def kept_features(student: nn.Module, teacher: nn.Module, classifier: str) -> li
     return kept
 
 
-class ContrastiveHook:
+class ContrastiveHook(TrainHook):
     """Training hook: the MCL term on inverted-trigger inputs, against a frozen copy of the suspect model."""
 
     def __init__(self, teacher: nn.Module, classifier: str, stamp: Callable[[torch.Tensor], torch.Tensor],

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from harden.config.repair import PolarizeConfig
 from harden.core.artifacts import InputContract, ModelArtifact
 from harden.core.errors import StageError
-from harden.core.train import TrainSettings, train
+from harden.core.train import TrainHook, TrainSettings, train
 from harden.ingest.data.sources import ImageSet
 from harden.prune.surgery import feature_producers
 
@@ -112,7 +112,7 @@ def calibrate(model: nn.Module, at: str, data: ImageSet, contract: InputContract
     bn.bias.copy_(bn.running_mean)
 
 
-class PolarizerLoss:
+class PolarizerLoss(TrainHook):
     """Training hook: the NPD outer loss terms L2..L4 on a targeted perturbation found with the polarizer fixed."""
 
     def __init__(self, cfg: PolarizeConfig, contract: InputContract):

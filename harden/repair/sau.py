@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from harden.config.repair import SauConfig
 from harden.core.artifacts import InputContract
-from harden.core.train import frozen_copy
+from harden.core.train import TrainHook, frozen_copy
 from harden.repair.base import EveryModel, RepairContext, register_repair
 
 
@@ -43,7 +43,7 @@ def shared_error(p: torch.Tensor, q: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return agree.sum(1) - agree.gather(1, y[:, None]).squeeze(1)
 
 
-class SharedAdversarialUnlearn:
+class SharedAdversarialUnlearn(TrainHook):
     def __init__(self, suspect: nn.Module, contract: InputContract, weight: float, eps: float, steps: int,
                  adv_weight: float = 0.0, seed: int = 0):
         self.suspect = frozen_copy(suspect)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from harden.config.repair import TriggerUnlearnConfig
 from harden.core.artifacts import InputContract
+from harden.core.train import TrainHook
 from harden.detect.base import ApplyTrigger
 from harden.repair.base import OnVerdict, RepairContext, register_repair
 
@@ -28,7 +29,7 @@ class TriggerUnlearnRepair(OnVerdict):
                               self.cfg.steps, self.cfg.step_size)
 
 
-class TriggerUnlearn:
+class TriggerUnlearn(TrainHook):
     """Adversarial unlearning of the scan's inverted trigger, for a model the scan flagged.
 
     The inverted trigger is a snapshot of the backdoor in the suspect model. Fine-tuning soon makes the model ignore

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from harden.config.repair import UniversalUnlearnConfig
 from harden.core.artifacts import InputContract
+from harden.core.train import TrainHook
 from harden.repair.base import EveryModel, RepairContext, register_repair
 
 
@@ -33,7 +34,7 @@ class UniversalUnlearnRepair(EveryModel):
         return UniversalUnlearn(ctx.model.contract, self.cfg.weight, self.cfg.radius, self.cfg.steps)
 
 
-class UniversalUnlearn:
+class UniversalUnlearn(TrainHook):
     def __init__(self, contract: InputContract, weight: float, radius: float, steps: int):
         self.contract, self.weight, self.radius, self.steps = contract, weight, radius, steps
         self.delta: torch.Tensor | None = None
