@@ -68,32 +68,6 @@ class PipelineConfig(StrictModel):
         return hashlib.sha256(blob).hexdigest()
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # Keys that moved when detectors and repairs became plug-ins: an older pipeline file gets told where each went.
-
-
-
-
-
-
-
-
-
-
-
-
 
 

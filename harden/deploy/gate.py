@@ -18,8 +18,6 @@ from harden.core.io import atomic_write_bytes
 GATE_FAILED = 3  # distinct from 2 (could not run: a user mistake) and 1 (a bug in harden)
 
 
-
-
 @dataclass(frozen=True)
 class GateCheck:
     name: str

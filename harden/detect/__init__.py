@@ -1,5 +1,5 @@
-"""Detectors: trigger-free questions asked of the suspect model. Adding one is a module plus one name in the import
-list of scan.py; `stages.scan.detectors.<name>` turns it on."""
+"""Detectors: trigger-free questions asked of the suspect model. A built-in one is a module here, one name in the
+import list of scan.py and its settings class in harden/config/detect.py; `stages.scan.detectors.<name>` turns it on."""
 
 from harden.config.detect import DETECTORS, DetectorConfig
 from harden.detect.base import Detector, Finding, register_detector

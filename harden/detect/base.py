@@ -23,8 +23,6 @@ ApplyTrigger = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images i
 Trigger = tuple[torch.Tensor, ApplyTrigger, tuple[float, float]]  # (free parameters, apply, the parameters' range)
 
 
-
-
 class Finding(Protocol):
     detector: ClassVar[str]  # the registry name of the detector that made it
     kind: ClassVar[str]  # the trigger family its inversion expresses: "patch", "warp", "grating", ...
@@ -64,8 +62,6 @@ class Detector(Protocol):
 
     @staticmethod
     def row(summary: dict[str, Any]) -> tuple[str, str, str]: ...  # the summary table's row from report.json
-
-
 
 
 def register_detector(name: str, description: str) -> Callable[[type], type]:

@@ -26,8 +26,6 @@ from harden.prune.scorers.fusion import MAD_TO_SIGMA
 _EPS = 1e-7
 
 
-
-
 @dataclass(frozen=True)
 class NeuralCleanseFinding:
     kind: ClassVar[str] = "patch"

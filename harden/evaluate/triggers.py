@@ -35,40 +35,6 @@ Trigger = Callable[[torch.Tensor], torch.Tensor]
 TRIGGERS: Registry[Callable[["TriggerBase"], Trigger]] = Registry("trigger kind")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def build_trigger(cfg: TriggerBase) -> Trigger:
     return TRIGGERS.get(cfg.kind)(cfg)
 

@@ -1,0 +1,1 @@
+"""What a run reads: model architectures and loading (folders, weights files, ONNX, registry URIs), clean data."""

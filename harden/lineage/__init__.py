@@ -1,0 +1,1 @@
+"""Lineage: the MLflow tracker (runs, artifacts, the registry) and registry reads for the CLI."""

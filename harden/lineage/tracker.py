@@ -269,12 +269,8 @@ class MlflowTracker:
         return version
 
 
-
-
 def default_tracking_uri(out: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-
-
 
 
 def make_tracker(cfg, out_dir: Path) -> Tracker:

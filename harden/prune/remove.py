@@ -317,5 +317,3 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torc
     return out, result
 
 
-
-

@@ -102,5 +102,3 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, tune: ImageS
     return Selection(chosen.scores, chosen.threshold, trace)
 
 
-
-

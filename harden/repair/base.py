@@ -44,8 +44,6 @@ class Repair(Protocol):
     def hook(self, ctx: RepairContext) -> TrainHook: ...
 
 
-
-
 def register_repair(name: str, description: str) -> Callable[[type], type]:
     return REPAIRS.register(name, description)
 

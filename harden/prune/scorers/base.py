@@ -28,8 +28,6 @@ class Scorer(Protocol):
     def score(self, model: nn.Module, data: ImageSet | None, contract: InputContract) -> ChannelScores: ...
 
 
-
-
 def register_scorer(name: str, description: str, config_cls: type[ScorerConfig]):
     """Class decorator: registers a scorer under its YAML name with its config class and capabilities."""
 

@@ -17,8 +17,6 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard
 THRESHOLDS = {"zscore": (3.0, 2.75, 2.5, 2.25, 2.0), "rank": (0.98, 0.96, 0.94, 0.92, 0.9)}
 
 
-
-
 def standardise(score: torch.Tensor, how: str, min_scale: float = 0.0) -> torch.Tensor:
     """``min_scale``: floor on the robust spread, in score units, for scores on an absolute scale (ANP's 1 - mask)."""
     s = score.double()
