@@ -1,6 +1,6 @@
-"""Repairs: the fine-tune's training hooks, configured under `stages.finetune.repairs.<name>`. A built-in one is a module
-here, one name in this import list and its settings class in harden/config/repair.py (or a `register_repair` call in
-your own code)."""
+"""Repairs: the fine-tune's training hooks, configured under `stages.finetune.repairs.<name>`. A built-in one is a
+module here, one name in this import list and its settings class in harden/config/repair.py (or a `register_repair`
+call in your own code)."""
 
 from harden.repair import distill, fst, grating_unlearn, mcl, sau, trigger_unlearn, universal_unlearn  # noqa: F401
 from harden.config.repair import REPAIRS, RepairConfig
