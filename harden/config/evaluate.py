@@ -1,4 +1,5 @@
-"""Settings of the verify stage and the trigger kinds it can stamp (torch-free; stamping is harden/evaluate/triggers.py)."""
+"""Settings of the verify stage and the trigger kinds it can stamp (torch-free; the stamping is
+harden/evaluate/triggers.py)."""
 
 from __future__ import annotations
 
