@@ -2,8 +2,8 @@
 module here, one name in this import list and its settings class in harden/config/repair.py (or a `register_repair`
 call in your own code)."""
 
-from harden.repair import distill, fst, grating_unlearn, mcl, sau, trigger_unlearn, universal_unlearn  # noqa: F401
 from harden.config.repair import REPAIRS, RepairConfig
+from harden.repair import distill, fst, grating_unlearn, mcl, sau, trigger_unlearn, universal_unlearn  # noqa: F401
 from harden.repair.base import Repair, RepairContext, active, register_repair
 
 __all__ = ["REPAIRS", "Repair", "RepairConfig", "RepairContext", "active", "register_repair"]
