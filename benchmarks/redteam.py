@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import fnmatch
 import json
 import os
 import shutil
@@ -301,7 +302,7 @@ def floors(spec: Spec, root: Path, models: list[Entry], runs: Path) -> dict[str,
 
 
 def run(spec: Spec, root: Path, pipeline: Path, split: str | None, name: str, overrides: list[str], runs: Path,
-        jobs: int, reactivate: bool = False) -> None:
+        jobs: int, reactivate: bool = False, only: list[str] | None = None) -> None:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -310,7 +311,10 @@ def run(spec: Spec, root: Path, pipeline: Path, split: str | None, name: str, ov
     from harden.evaluate.checked import scan_verdict
     from harden.redteam.groundtruth import read_attack
 
-    chosen = [m for m in spec.models if split in (None, m.split)]
+    chosen = [m for m in spec.models if split in (None, m.split)
+              and (not only or any(fnmatch.fnmatchcase(m.name, pat) for pat in only))]
+    if not chosen:
+        sys.exit(f"redteam: no model of split {split or 'any'} matches --only {','.join(only or [])}")
     built = [m for m in chosen if state(spec, m, root) == "built"]
     for m in chosen:
         if m not in built:
@@ -374,13 +378,15 @@ def main() -> None:
     r.add_argument("--runs", type=Path, default=REPO / "runs" / "redteam", help="run folders (resumable cache)")
     r.add_argument("--jobs", type=int, default=1, help="models hardened at once (one thread each)")
     r.add_argument("--reactivation", action="store_true", help="also the two re-activation checks per backdoored model")
+    r.add_argument("--only", action="append", default=None, metavar="NAMES",
+                   help="only these models: names or globs, comma-separated or repeated (screening a subset)")
     args = ap.parse_args()
     spec = load_spec(args.spec)
     if args.cmd == "run":
         sys.path.insert(0, str(REPO))
         name = args.name or f"redteam-{args.pipeline.stem}-{args.split or 'all'}"
         run(spec, cache_dir(), args.pipeline, args.split, name, args.overrides, args.runs / name, args.jobs,
-            args.reactivation)
+            args.reactivation, [p for arg in args.only or [] for p in arg.split(",") if p])
         return
     if args.cmd == "train":
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
