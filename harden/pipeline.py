@@ -23,7 +23,8 @@ from harden.core.resume import StageCache
 from harden.core.stage import Stage, order_of, ordered
 from harden.core.state import RunState
 from harden.lineage.tracker import make_tracker
-from harden.report import html as report_html  # noqa: F401  (importing the package adds the built-in stages)
+from harden.report import html as report_html
+import harden.stages  # noqa: F401  (importing the package registers the built-in stages)
 
 
 @dataclass

@@ -105,6 +105,19 @@ def test_the_schema_imports_and_validates_every_shipped_pipeline_without_torch()
     assert loaded and all(m.startswith(("harden.config", "harden.core")) or m == "harden" for m in loaded), loaded
 
 
+def test_the_runner_alone_registers_every_built_in_stage():
+    # benchmarks and library users call run_pipeline without the CLI; a runner that registered no stage ran nothing
+    # and wrote an empty report (it happened once, when an import was rewritten)
+    code = ("from harden.pipeline import run_pipeline\n"
+            "from harden.core.stage import ordered\n"
+            "print(' '.join(s.name for s in ordered()))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    names = r.stdout.split()
+    for stage in ("ingest", "scan", "score", "select", "prune", "finetune", "export", "verify", "gate", "register"):
+        assert stage in names, names
+
+
 def test_the_hardening_path_never_loads_the_red_team_tools():
     code = ("import sys, harden.cli, harden.pipeline, harden.stages\n"
             "print([m for m in sys.modules if m.startswith('harden.redteam')])")
