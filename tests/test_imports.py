@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 HARDEN = REPO / "harden"
 # third-party packages a function may import on first use: each costs seconds to import and most runs or commands
 # never touch them (serving, INT8, the registry, plots)
-LAZY_OK = {"onnx", "onnxruntime", "onnxslim", "mlflow", "matplotlib", "torchvision", "PIL"}
+LAZY_OK = {"onnx", "onnxruntime", "onnxslim", "onnx2torch", "mlflow", "matplotlib", "torchvision", "timm", "PIL"}
 
 
 def _module(path: Path) -> str:

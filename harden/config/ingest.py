@@ -31,8 +31,11 @@ class ModelConfig(StrictModel):
     path: Union[RegistryUri, Path] = Field(description="a model folder, a weights file, or an MLflow URI "
                                            "(models:/<name>@<alias>, models:/<name>/<version>, runs:/<run>/<path>) "
                                            "whose artifacts are such a folder")
-    architecture: Optional[str] = Field(None, description="a registered name, torchvision/<name>, or module:function "
-                                        "(a Python entry point: needs trust_code)")
+    architecture: Optional[str] = Field(None, description="a registered name, torchvision/<name>, timm/<name> (or "
+                                        "a bare timm name, as a timm hub folder's config.json gives it), or "
+                                        "module:function (a Python entry point: needs trust_code). Left out for an "
+                                        "ONNX file, the graph itself is converted to torch (onnx2torch) and must "
+                                        "reproduce the file's logits")
     trust_code: bool = Field(False, description="allow a module:function architecture to be imported and run; never "
                              "needed for the built-in architectures")
     model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the architecture "

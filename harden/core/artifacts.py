@@ -101,6 +101,7 @@ class PruneResult:
     folded: dict[str, list[int]] = field(default_factory=dict)  # BN -> channels whose constant went into consumers
     fold_max_abs_diff: float | None = None  # folded model vs the gamma-only (ANP-style) model: border effects
     gamma_zeroed: dict[str, list[int]] = field(default_factory=dict)  # BN -> channels with gamma 0, beta kept in place
+    kept_whole: dict[str, str] = field(default_factory=dict)  # group root -> why its channels cannot be pruned
 
 
 @dataclass(frozen=True)

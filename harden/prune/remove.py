@@ -52,24 +52,39 @@ def _graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example)
 
 
-def _groups(model: nn.Module, dg: tp.DependencyGraph, classifier: str) -> list[_Group]:
+# Norms that mix channels: removing a channel changes the statistics of the others, so zeroing it in place (the
+# mask every removal is checked against) is not what removal does, and scores computed on the full width no longer
+# describe the network. Groups they belong to are left whole, and the run says so.
+CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm)
+
+
+def _groups(model: nn.Module, dg: tp.DependencyGraph, classifier: str) -> tuple[list[_Group], dict[str, str]]:
+    """The coupled groups of output channels rooted at convs, and {root: why} for those that cannot be pruned."""
     names = dg._module2name
-    out = []
+    out, skipped = [], {}
     ignored = [model.get_submodule(classifier)]
     for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
         items, members = [], []
+        root = names[g[0].dep.target.module]
+        norms = sorted({names[it.dep.target.module] for it in g
+                        if isinstance(it.dep.target.module, CROSS_CHANNEL_NORMS)})
+        if norms:
+            skipped[root] = f"its channels feed {norms[0]}, a {type(model.get_submodule(norms[0])).__name__} " \
+                            "that normalises across channels"
+            continue
         for it in g:
             mod = it.dep.target.module
-            if mod not in names or not dg.is_out_channel_pruning_fn(it.dep.handler):
+            # a bare parameter (a layer scale) follows its channels when torch-pruning prunes the group; zeroing the
+            # producing conv already zeroes what it scales, so the mask need not touch it
+            if mod not in names or not isinstance(mod, nn.Module) or not dg.is_out_channel_pruning_fn(it.dep.handler):
                 continue
             if list(it.idxs) != list(it.root_idxs):
                 raise StageError("prune", f"{names[mod]}: channel indices are remapped (concat?); not supported yet")
             items.append((names[mod], list(it.idxs)))
             if isinstance(mod, nn.Conv2d) and names[mod] not in members:
                 members.append(names[mod])
-        root = names[g[0].dep.target.module]
         out.append(_Group(root, len(g[0].idxs), members, items))
-    return out
+    return out, skipped
 
 
 def plan_removal(groups: list[_Group], scores: ChannelScores, cfg: PruneStage, pairs: dict) -> _Plan:
@@ -245,13 +260,14 @@ class Prepared:
     pairs: dict
     example: torch.Tensor
     routes: dict[str, ConstantRoute] = field(default_factory=dict)  # BNs whose constants can be folded
+    skipped: dict[str, str] = field(default_factory=dict)  # group root -> why it is never pruned
 
 
 def prepare(art: ModelArtifact) -> Prepared:
     example = torch.randn(2, *art.contract.input_size, generator=torch.Generator().manual_seed(0))
     original = copy.deepcopy(art.model).cpu().eval()
-    groups = _groups(original, _graph(original, example[:1]), art.classifier)
-    return Prepared(original, groups, pair_convs_with_bns(original), example, constant_routes(original))
+    groups, skipped = _groups(original, _graph(original, example[:1]), art.classifier)
+    return Prepared(original, groups, pair_convs_with_bns(original), example, constant_routes(original), skipped)
 
 
 def masked_model(prep: Prepared, scores: ChannelScores, cfg: PruneStage
@@ -311,6 +327,7 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torc
         folded=folded,
         fold_max_abs_diff=fold_diff,
         gamma_zeroed=gamma,
+        kept_whole=dict(prep.skipped),
     )
     out = copy.copy(art)
     out.model = pruned.to(device).eval()

@@ -30,6 +30,8 @@ class ConvBN:
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
+    if isinstance(model, fx.GraphModule):  # already a graph (a converted ONNX file): its operator modules hold
+        return model  # control flow that a second trace cannot follow, and its graph already says what we need
     try:
         return fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types on dynamic control flow

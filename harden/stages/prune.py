@@ -9,6 +9,7 @@ import torch
 
 from harden.config.schema import PipelineConfig
 from harden.core.context import RunContext
+from harden.core.progress import console
 from harden.core.stage import register_stage
 from harden.core.state import RunState
 from harden.prune.remove import (
@@ -27,9 +28,14 @@ class Prune:
         chosen = state.selection
         state.model, pr = run(cfg.stages.prune, state.model, state.scores, ctx.device, state.prepared)
         state.hooks.append(ZeroMask(pr.zeroed, pr.gamma_zeroed))
+        if pr.kept_whole:
+            root, why = next(iter(pr.kept_whole.items()))
+            console.print(f"  {len(pr.kept_whole)} channel group(s) not pruned: their norms mix channels (e.g. "
+                          f"{root}: {why}); the fine-tune's repairs still run on them")
         ctx.write_json("pruning.json", {"threshold": chosen.threshold, "selection": chosen.trace,
                                         "removed": pr.removed, "zeroed": pr.zeroed, "gamma_zeroed": pr.gamma_zeroed,
-                                        "folded": pr.folded, "history": pr.history}, "prune")
+                                        "folded": pr.folded, "kept_whole": pr.kept_whole, "history": pr.history},
+                       "prune")
         ctx.tracker.log_metrics({"params_before": pr.params_before, "params_after": pr.params_after,
                                  "macs_before": pr.macs_before, "macs_after": pr.macs_after,
                                  "max_abs_diff_vs_masked": pr.max_abs_diff_vs_masked})
@@ -38,7 +44,8 @@ class Prune:
                           "zeroed": sum(map(len, pr.zeroed.values())),
                           "gamma_zeroed": sum(map(len, pr.gamma_zeroed.values())),
                           "max_abs_diff_vs_masked": pr.max_abs_diff_vs_masked,
-                          "folded": sum(map(len, pr.folded.values())), "fold_max_abs_diff": pr.fold_max_abs_diff},
+                          "folded": sum(map(len, pr.folded.values())), "fold_max_abs_diff": pr.fold_max_abs_diff,
+                          "groups_kept_whole": len(pr.kept_whole)},
                 "params": {"before": pr.params_before, "after": pr.params_after},
                 "macs": {"before": pr.macs_before, "after": pr.macs_after}}
 

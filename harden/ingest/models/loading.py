@@ -18,10 +18,12 @@ from safetensors.torch import load_file
 
 from harden.core.artifacts import InputContract, ModelArtifact
 from harden.core.errors import ModelLoadError
+from harden.ingest.models.onnx_convert import convert_onnx
 from harden.ingest.models.onnx_import import load_onnx_weights
 from harden.ingest.models.registry import create_model
 from harden.prune.surgery import find_classifier
 
+ONNX_GRAPH = "onnx-graph"  # the architecture recorded for a model converted from its ONNX graph
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "model.pt2", "model.torchscript",
                 "model.onnx")
 
@@ -242,6 +244,14 @@ def _contract_from_config(cfg: dict[str, Any], where: Path) -> InputContract:
         ) from None
 
 
+def _check_outputs(model: nn.Module, contract: InputContract, source: Path) -> None:
+    with torch.no_grad():
+        out = model(torch.zeros(2, *contract.input_size))
+    if out.ndim != 2 or out.shape[1] != contract.num_classes:
+        raise ModelLoadError(f"{source}: the graph outputs shape {tuple(out.shape)}, but the input contract has "
+                             f"{contract.num_classes} labels; harden needs logits of shape (batch, classes)")
+
+
 def load_model(
     path: Path,
     architecture: str | None = None,
@@ -251,7 +261,8 @@ def load_model(
     trust_code: bool = False,
     rename: dict[str, str] | None = None,
 ) -> ModelArtifact:
-    """Ingest a model folder (timm hub layout) or an architecture name plus a weights file.
+    """Ingest a model folder (timm hub layout) or an architecture name plus a weights file; an ONNX file with no
+    architecture named is converted from its graph.
 
     Raises:
         ModelLoadError: anything about the model that the user must fix.
@@ -281,22 +292,25 @@ def load_model(
             architecture = architecture or cfg.get("architecture")
             model_args = {**cfg.get("model_args", {}), **(model_args or {})}
             contract = contract or _contract_from_config(cfg, beside)
-        if architecture is None or contract is None:
+        if contract is None or (architecture is None and weights.suffix != ".onnx"):
             raise ModelLoadError(
-                f"{path} is a bare weights file: set model.architecture and model.input (size, mean, std, labels) "
-                "in the pipeline YAML, or point model.path at a folder with config.json"
+                f"{path} is a bare weights file: set model.input (size, mean, std, labels) and, unless it is an "
+                "ONNX file, model.architecture in the pipeline YAML, or point model.path at a folder with config.json"
             )
-    if not architecture:
-        raise ModelLoadError(f"{path}: no architecture given (config.json 'architecture' or model.architecture)")
     n = num_classes or contract.num_classes
     if n != contract.num_classes:
         raise ModelLoadError(f"model.num_classes is {n} but the input contract has {contract.num_classes} labels")
-    model = create_model(architecture, n, model_args, trust_code, path if path.is_dir() else path.parent)
-    if weights.suffix == ".onnx":
-
-        load_onnx_weights(model, weights, contract.input_size)
+    if weights.suffix == ".onnx" and not architecture:  # a graph no architecture is named for: convert the graph
+        model, architecture, model_args = convert_onnx(weights, contract.input_size), ONNX_GRAPH, {}
+        _check_outputs(model, contract, weights)
     else:
-        load_weights(model, rename_keys(read_state_dict(weights), rename or {}), weights, architecture)
+        if not architecture:
+            raise ModelLoadError(f"{path}: no architecture given (config.json 'architecture' or model.architecture)")
+        model = create_model(architecture, n, model_args, trust_code, path if path.is_dir() else path.parent)
+        if weights.suffix == ".onnx":
+            load_onnx_weights(model, weights, contract.input_size)
+        else:
+            load_weights(model, rename_keys(read_state_dict(weights), rename or {}), weights, architecture)
     model.eval()
     return ModelArtifact(
         model=model,

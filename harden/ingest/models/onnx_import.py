@@ -16,9 +16,8 @@ import torch
 import torch.nn as nn
 
 from harden.core.errors import ModelLoadError
+from harden.ingest.models.onnx_convert import check_parity, read_onnx
 from harden.prune.surgery import pair_convs_with_bns, trace
-
-MAX_ONNX_BYTES = 2 << 30
 
 
 def _order(model: nn.Module, kind: type) -> list[str]:
@@ -28,15 +27,9 @@ def _order(model: nn.Module, kind: type) -> list[str]:
 
 
 def load_onnx_weights(model: nn.Module, path: Path, input_size: tuple[int, ...], atol: float = 1e-4) -> None:
-    import onnx
     from onnx import numpy_helper
 
-    if path.stat().st_size > MAX_ONNX_BYTES:
-        raise ModelLoadError(f"{path}: larger than {MAX_ONNX_BYTES >> 30} GiB; refused")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as exc:  # DecodeError and friends for files that are not ONNX
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    proto = read_onnx(path)
     init = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     nodes = {"Conv": [], "BatchNormalization": [], "Gemm": []}
     for node in proto.graph.node:
@@ -52,7 +45,9 @@ def load_onnx_weights(model: nn.Module, path: Path, input_size: tuple[int, ...],
     except (TypeError, RuntimeError, ValueError, AttributeError) as exc:  # weights held outside initializers, ...
         raise ModelLoadError(f"{path}: cannot map the ONNX graph's weights onto the architecture "
                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
-    _check_parity(model.eval(), path, input_size, atol)
+    check_parity(model.eval(), path, input_size, atol, "the architecture rebuilt from its weights",
+                 "the graph does not match model.architecture (leave model.architecture out to convert the graph "
+                 "itself)")
 
 
 def _copy(model: nn.Module, path: Path, nodes: dict, convs: list[str], linears: list[str], pairs: dict) -> None:
@@ -94,17 +89,3 @@ def _copy(model: nn.Module, path: Path, nodes: dict, convs: list[str], linears: 
                                      "weight and a bias")
             lin.weight.copy_(torch.from_numpy(np.array(w)))
             lin.bias.copy_(torch.from_numpy(np.array(params[1])))
-
-
-def _check_parity(model: nn.Module, path: Path, input_size: tuple[int, ...], atol: float) -> None:
-    import onnxruntime as ort
-
-    x = np.random.default_rng(0).standard_normal((4, *input_size)).astype(np.float32)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    with torch.no_grad():
-        got = model(torch.from_numpy(x)).numpy()
-    diff = float(np.abs(ref - got).max()) if ref.shape == got.shape else float("inf")
-    if not diff <= atol:
-        raise ModelLoadError(f"{path}: the architecture rebuilt from its weights differs from the ONNX model by "
-                             f"{diff:.2e} (> {atol:.0e}); the graph does not match model.architecture")
