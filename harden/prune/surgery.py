@@ -29,11 +29,31 @@ class ConvBN:
     through_add: bool  # True when the BN reads a sum of this conv and others (a residual stream)
 
 
+class _LeafTracer(fx.Tracer):
+    """A tracer that keeps some modules whole and calls some functions opaquely: timm marks the parts of its models
+    that fx cannot trace (a ViT's position-embedding resampling, ...) for exactly this."""
+
+    def __init__(self, leaves: tuple[type, ...], functions: tuple):
+        super().__init__(autowrap_functions=functions)
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+
+def _tracer(model: nn.Module) -> fx.Tracer:
+    if not type(model).__module__.startswith("timm."):
+        return fx.Tracer()
+    from timm.models import get_notrace_functions, get_notrace_modules
+
+    return _LeafTracer(tuple(get_notrace_modules()), tuple(get_notrace_functions()))
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     if isinstance(model, fx.GraphModule):  # already a graph (a converted ONNX file): its operator modules hold
         return model  # control flow that a second trace cannot follow, and its graph already says what we need
     try:
-        return fx.symbolic_trace(model)
+        return fx.GraphModule(model, _tracer(model).trace(model))
     except Exception as exc:  # fx raises many types on dynamic control flow
         raise ModelLoadError(
             f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
