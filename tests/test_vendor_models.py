@@ -61,6 +61,22 @@ def _vendor_onnx(folder: Path, size: int = 16) -> nn.Module:
     return model
 
 
+def _harden(tmp_path: Path, model: str, stages: str) -> dict:
+    """`harden run` on synthetic data with the model folder ``model`` and the YAML ``stages`` block; the report."""
+    for name, n, seed in (("clean", 200, 1), ("test", 120, 2)):
+        x, y = synthetic_images(n, seed=seed)
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+    (tmp_path / "p.yaml").write_text(
+        f"name: vendor\nseed: 0\ndevice: cpu\nmodel: {{path: {model}}}\n"
+        "data: {clean: {path: clean.npz, heldout_fraction: 0.25}, test: {path: test.npz}}\n"
+        f"stages:\n{stages}  finetune: {{epochs: 1, batch_size: 32, max_steps: 2}}\n"
+        "  export: {atol: 1.0e-4, latency: false}\ntracking: {enabled: false}\n")
+    r = subprocess.run([sys.executable, "-m", "harden.cli", "run", "p.yaml", "--out", "out"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(REPO), "PATH": ""})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads((tmp_path / "out" / "report.json").read_text())
+
+
 def test_a_timm_hub_folder_is_read_as_it_is_and_built_offline(tmp_path):
     torch.manual_seed(0)
     model = create_model("timm/test_convnext", 4).eval()
@@ -122,19 +138,8 @@ def test_an_operator_the_converter_does_not_know_is_refused(tmp_path):
 
 def test_an_unnamed_onnx_graph_goes_through_the_whole_pipeline_and_comes_out_smaller(tmp_path):
     _vendor_onnx(tmp_path / "v")
-    for name, n, seed in (("clean", 200, 1), ("test", 120, 2)):
-        x, y = synthetic_images(n, seed=seed)
-        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
-    (tmp_path / "p.yaml").write_text(
-        "name: vendor\nseed: 0\ndevice: cpu\nmodel: {path: v}\n"
-        "data: {clean: {path: clean.npz, heldout_fraction: 0.25}, test: {path: test.npz}}\n"
-        "stages:\n  score: {methods: {clp: {u: 0.5}}}\n  prune: {round_to: 1, select: {policy: flags}}\n"
-        "  finetune: {epochs: 1, batch_size: 32, max_steps: 2}\n  export: {atol: 1.0e-4, latency: false}\n"
-        "tracking: {enabled: false}\n")
-    r = subprocess.run([sys.executable, "-m", "harden.cli", "run", "p.yaml", "--out", "out"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(REPO), "PATH": ""})
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = _harden(tmp_path, "v", "  score: {methods: {clp: {u: 0.5}}}\n"
+                     "  prune: {round_to: 1, select: {policy: flags}}\n")
     assert report["source"]["architecture"] == ONNX_GRAPH
     assert report["prune"]["removed"] > 0 and report["params"]["after"] < report["params"]["before"]
     assert report["onnx"]["max_abs_diff"] <= 1e-4
@@ -151,19 +156,8 @@ def test_a_timm_vit_runs_end_to_end_and_its_layernorm_stream_is_left_whole(tmp_p
     folder.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps({**_hub_config(16, "test_vit"), "model_args": args}))
-    for name, n, seed in (("clean", 200, 1), ("test", 120, 2)):
-        x, y = synthetic_images(n, seed=seed)
-        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
-    (tmp_path / "p.yaml").write_text(
-        "name: vit\nseed: 0\ndevice: cpu\nmodel: {path: vit}\n"
-        "data: {clean: {path: clean.npz, heldout_fraction: 0.25}, test: {path: test.npz}}\n"
-        "stages:\n  scan: {enabled: false}\n  score: {methods: {clp: {u: 0.5}}}\n  prune: {select: {policy: flags}}\n"
-        "  finetune: {epochs: 1, batch_size: 32, max_steps: 2}\n  export: {atol: 1.0e-4, latency: false}\n"
-        "tracking: {enabled: false}\n")
-    r = subprocess.run([sys.executable, "-m", "harden.cli", "run", "p.yaml", "--out", "out"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(REPO), "PATH": ""})
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = _harden(tmp_path, "vit", "  scan: {enabled: false}\n  score: {methods: {clp: {u: 0.5}}}\n"
+                     "  prune: {select: {policy: flags}}\n")
     kept = json.loads((tmp_path / "out" / "pruning.json").read_text())["kept_whole"]
     assert report["prune"]["groups_kept_whole"] == len(kept) >= 1
     assert all("normalises across channels" in why for why in kept.values()), kept

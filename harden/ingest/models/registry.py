@@ -32,8 +32,9 @@ def _timm():
     """timm, imported on first use (seconds; most runs never need it)."""
     try:
         import timm
-    except ImportError:  # an optional dependency: say how to get it
-        raise ModelLoadError("timm architectures need the timm package, a dependency of harden: pip install timm") from None
+    except ImportError:  # a dependency, but an install can lack it: say how to get it
+        raise ModelLoadError("timm architectures need the timm package, a dependency of harden: "
+                             "pip install timm") from None
     return timm
 
 
