@@ -148,7 +148,7 @@ def test_an_unnamed_onnx_graph_goes_through_the_whole_pipeline_and_comes_out_sma
     assert n_weights < report["params"]["before"]
 
 
-def test_a_timm_vit_runs_end_to_end_and_its_layernorm_stream_is_left_whole(tmp_path):
+def test_a_timm_vit_loses_mlp_units_and_keeps_its_layernorm_stream_whole(tmp_path):
     torch.manual_seed(0)
     args = {"img_size": 16, "patch_size": 4}
     model = create_model("timm/test_vit", 4, args).eval()
@@ -157,8 +157,13 @@ def test_a_timm_vit_runs_end_to_end_and_its_layernorm_stream_is_left_whole(tmp_p
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps({**_hub_config(16, "test_vit"), "model_args": args}))
     report = _harden(tmp_path, "vit", "  scan: {enabled: false}\n  score: {methods: {clp: {u: 0.5}}}\n"
-                     "  prune: {select: {policy: flags}}\n")
+                     "  prune: {round_to: 1, select: {policy: flags}}\n")
+    # the MLPs' hidden units are scored (CLP on linear rows) and removed physically
+    removed = json.loads((tmp_path / "out" / "pruning.json").read_text())["removed"]
+    assert removed and all(".mlp.fc1" in root for root in removed), removed
+    assert report["params"]["after"] < report["params"]["before"]
     kept = json.loads((tmp_path / "out" / "pruning.json").read_text())["kept_whole"]
     assert report["prune"]["groups_kept_whole"] == len(kept) >= 1
-    assert all("normalises across channels" in why for why in kept.values()), kept
+    assert any("normalises across channels" in why for why in kept.values()), kept  # the residual stream
+    assert all("is reshaped" in kept[f"blocks.{i}.attn.qkv"] for i in range(len(model.blocks))), kept  # heads
     assert report["onnx"]["max_abs_diff"] <= 1e-4

@@ -28,7 +28,7 @@ from harden.config.prune import PruneStage
 from harden.core.artifacts import ChannelScores, ModelArtifact, PruneResult
 from harden.core.errors import StageError
 from harden.core.train import TrainHook
-from harden.prune.surgery import ConstantRoute, constant_routes, pair_convs_with_bns
+from harden.prune.surgery import ConstantRoute, constant_routes, pair_convs_with_bns, reshaped_outputs
 
 
 @dataclass
@@ -62,8 +62,10 @@ def _groups(model: nn.Module, dg: tp.DependencyGraph, classifier: str) -> tuple[
     """The coupled groups of output channels rooted at convs, and {root: why} for those that cannot be pruned."""
     names = dg._module2name
     out, skipped = [], {}
+    reshaped = reshaped_outputs(model)
     ignored = [model.get_submodule(classifier)]
-    for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
+    # roots: convs, and linears for the hidden units of MLPs (a transformer's, a ConvNeXt's without conv_mlp)
+    for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
         items, members = [], []
         root = names[g[0].dep.target.module]
         norms = sorted({names[it.dep.target.module] for it in g
@@ -72,18 +74,25 @@ def _groups(model: nn.Module, dg: tp.DependencyGraph, classifier: str) -> tuple[
             skipped[root] = f"its channels feed {norms[0]}, a {type(model.get_submodule(norms[0])).__name__} " \
                             "that normalises across channels"
             continue
+        split = sorted({names[it.dep.target.module] for it in g if names.get(it.dep.target.module) in reshaped})
+        if split:
+            skipped[root] = f"{split[0]}'s output is reshaped or split (into attention heads?); single channels " \
+                            "cannot be removed from it"
+            continue
         for it in g:
             mod = it.dep.target.module
             # a bare parameter (a layer scale) follows its channels when torch-pruning prunes the group; zeroing the
             # producing conv already zeroes what it scales, so the mask need not touch it
             if mod not in names or not isinstance(mod, nn.Module) or not dg.is_out_channel_pruning_fn(it.dep.handler):
                 continue
-            if list(it.idxs) != list(it.root_idxs):
-                raise StageError("prune", f"{names[mod]}: channel indices are remapped (concat?); not supported yet")
+            if list(it.idxs) != list(it.root_idxs):  # a concat or a reshape (attention heads) renumbers channels
+                skipped[root] = f"{names[mod]} sees its channels renumbered (a concat or a reshape into heads)"
+                break
             items.append((names[mod], list(it.idxs)))
-            if isinstance(mod, nn.Conv2d) and names[mod] not in members:
+            if isinstance(mod, (nn.Conv2d, nn.Linear)) and names[mod] not in members:
                 members.append(names[mod])
-        out.append(_Group(root, len(g[0].idxs), members, items))
+        if root not in skipped:
+            out.append(_Group(root, len(g[0].idxs), members, items))
     return out, skipped
 
 
@@ -97,7 +106,8 @@ def plan_removal(groups: list[_Group], scores: ChannelScores, cfg: PruneStage, p
         cap = int(math.floor(cfg.max_layer_fraction * grp.width))
         if cfg.coupled == "gamma" and len(grp.members) > 1:
             for member in scored:
-                layer, bn = scores.layers[member], pairs[member].bn
+                layer, pair = scores.layers[member], pairs.get(member)
+                bn = pair.bn if pair else None  # a linear has no BN pairing
                 if bn is None:  # no BN to carry gamma = 0: zero the branch
                     idx = _top(layer.flag.bool(), layer.score, cap)
                     if idx:
@@ -297,7 +307,9 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torc
     removed_by_module: dict[str, set[int]] = defaultdict(set)
     by_root = {g.root: g for g in groups}
     for root, idxs in plan.remove.items():
-        group = dg.get_pruning_group(pruned.get_submodule(root), tp.prune_conv_out_channels, idxs=idxs)
+        mod = pruned.get_submodule(root)
+        fn = tp.prune_linear_out_channels if isinstance(mod, nn.Linear) else tp.prune_conv_out_channels
+        group = dg.get_pruning_group(mod, fn, idxs=idxs)
         if not dg.check_pruning_group(group):
             raise StageError("prune", f"removing {len(idxs)} channels of {root} would empty a layer")
         group.prune()

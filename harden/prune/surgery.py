@@ -92,6 +92,27 @@ def _first_bn(start: fx.Node, modules: dict[str, nn.Module]) -> tuple[str | None
     return None, False
 
 
+_RESHAPE_METHODS = {"reshape", "view", "unflatten", "chunk", "split", "tensor_split"}
+_RESHAPE_FUNCTIONS = {torch.reshape, torch.chunk, torch.split, torch.unflatten, torch.tensor_split}
+
+
+def reshaped_outputs(model: nn.Module) -> set[str]:
+    """Modules whose output is reshaped or split right away (an attention block's qkv projection into heads): their
+    output channels have a structure that removing single channels would break."""
+    gm = trace(model)
+    out = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        for user in node.users:
+            if ((user.op == "call_method" and user.target in _RESHAPE_METHODS)
+                    or (user.op == "call_function" and user.target in _RESHAPE_FUNCTIONS)
+                    or (user.op == "call_module"  # onnx2torch's Reshape and Split modules
+                        and type(gm.get_submodule(user.target)).__name__.startswith(("OnnxReshape", "OnnxSplit")))):
+                out.add(str(node.target))
+    return out
+
+
 def find_classifier(model: nn.Module) -> str:
     """Name of the module whose output is the model's output (walking back through non-module ops)."""
     gm = trace(model)

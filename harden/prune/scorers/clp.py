@@ -10,7 +10,7 @@ import torch.nn as nn
 from harden.config.prune import ClpConfig
 from harden.core.artifacts import ChannelScores, LayerScores
 from harden.prune.scorers.base import register_scorer
-from harden.prune.surgery import pair_convs_with_bns
+from harden.prune.surgery import find_classifier, pair_convs_with_bns
 
 
 def uclc(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> torch.Tensor:
@@ -45,9 +45,16 @@ class ClpScorer:
             if conv.groups != 1 and conv.groups != conv.in_channels:
                 continue  # grouped (not depthwise) convs: UCLC per group is not defined by the method
             raw = uclc(conv, modules[pair.bn] if pair.bn else None)
-            z = (raw - raw.mean()) / raw.std().clamp_min(1e-12)  # unbiased std, as the reference
-            flag = z > self.cfg.u
-            if raw.numel() < self.cfg.min_channels:
-                flag = torch.zeros_like(flag)
-            layers[name] = LayerScores(score=z.float(), flag=flag, raw=raw.float())
+            layers[name] = self._layer(raw)
+        classifier = find_classifier(model)
+        for name, mod in modules.items():  # MLP hidden units: a linear row's UCLC is its L2 norm (no norm to fold)
+            if isinstance(mod, nn.Linear) and name != classifier:
+                layers[name] = self._layer(mod.weight.detach().double().norm(dim=1))
         return ChannelScores(method="clp", layers=layers)
+
+    def _layer(self, raw: torch.Tensor) -> LayerScores:
+        z = (raw - raw.mean()) / raw.std().clamp_min(1e-12)  # unbiased std, as the reference
+        flag = z > self.cfg.u
+        if raw.numel() < self.cfg.min_channels:
+            flag = torch.zeros_like(flag)
+        return LayerScores(score=z.float(), flag=flag, raw=raw.float())
