@@ -30,8 +30,8 @@ class Prune:
         state.hooks.append(ZeroMask(pr.zeroed, pr.gamma_zeroed))
         if pr.kept_whole:
             root, why = next(iter(pr.kept_whole.items()))
-            console.print(f"  {len(pr.kept_whole)} channel group(s) not pruned: their norms mix channels (e.g. "
-                          f"{root}: {why}); the fine-tune's repairs still run on them")
+            console.print(f"  {len(pr.kept_whole)} channel group(s) left whole, e.g. {root}: {why} (all of them: "
+                          "pruning.json, kept_whole); the fine-tune's repairs still run on them")
         ctx.write_json("pruning.json", {"threshold": chosen.threshold, "selection": chosen.trace,
                                         "removed": pr.removed, "zeroed": pr.zeroed, "gamma_zeroed": pr.gamma_zeroed,
                                         "folded": pr.folded, "kept_whole": pr.kept_whole, "history": pr.history},
