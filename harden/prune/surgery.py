@@ -97,12 +97,13 @@ _RESHAPE_FUNCTIONS = {torch.reshape, torch.chunk, torch.split, torch.unflatten, 
 
 
 def reshaped_outputs(model: nn.Module) -> set[str]:
-    """Modules whose output is reshaped or split right away (an attention block's qkv projection into heads): their
-    output channels have a structure that removing single channels would break."""
+    """Linears whose output is reshaped or split right away (an attention block's qkv projection into heads): their
+    output features have a structure that removing single ones would break. Convs are not listed: a conv's output
+    reshaped is a flatten before the classifier, whose renumbering torch-pruning follows."""
     gm = trace(model)
     out = set()
     for node in gm.graph.nodes:
-        if node.op != "call_module":
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.Linear):
             continue
         for user in node.users:
             if ((user.op == "call_method" and user.target in _RESHAPE_METHODS)
