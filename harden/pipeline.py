@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import yaml
 
+import harden.stages  # noqa: F401  (importing the package registers the built-in stages)
 from harden import __version__
 from harden.config.loading import resolved_dict
 from harden.config.schema import PipelineConfig
@@ -24,7 +25,6 @@ from harden.core.stage import Stage, order_of, ordered
 from harden.core.state import RunState
 from harden.lineage.tracker import make_tracker
 from harden.report import html as report_html
-import harden.stages  # noqa: F401  (importing the package registers the built-in stages)
 
 
 @dataclass

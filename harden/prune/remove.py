@@ -270,14 +270,14 @@ class Prepared:
     pairs: dict
     example: torch.Tensor
     routes: dict[str, ConstantRoute] = field(default_factory=dict)  # BNs whose constants can be folded
-    skipped: dict[str, str] = field(default_factory=dict)  # group root -> why it is never pruned
+    kept_whole: dict[str, str] = field(default_factory=dict)  # group root -> why it is never pruned
 
 
 def prepare(art: ModelArtifact) -> Prepared:
     example = torch.randn(2, *art.contract.input_size, generator=torch.Generator().manual_seed(0))
     original = copy.deepcopy(art.model).cpu().eval()
-    groups, skipped = _groups(original, _graph(original, example[:1]), art.classifier)
-    return Prepared(original, groups, pair_convs_with_bns(original), example, constant_routes(original), skipped)
+    groups, kept_whole = _groups(original, _graph(original, example[:1]), art.classifier)
+    return Prepared(original, groups, pair_convs_with_bns(original), example, constant_routes(original), kept_whole)
 
 
 def masked_model(prep: Prepared, scores: ChannelScores, cfg: PruneStage
@@ -339,7 +339,7 @@ def run(cfg: PruneStage, art: ModelArtifact, scores: ChannelScores, device: torc
         folded=folded,
         fold_max_abs_diff=fold_diff,
         gamma_zeroed=gamma,
-        kept_whole=dict(prep.skipped),
+        kept_whole=prep.kept_whole,
     )
     out = copy.copy(art)
     out.model = pruned.to(device).eval()

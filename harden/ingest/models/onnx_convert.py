@@ -41,9 +41,8 @@ def _fixed_batch(proto) -> int | None:
     return dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
 
 
-def _promote_weights(module: nn.Module) -> int:
-    """Float buffers holding weights become parameters (in place); returns how many."""
-    n = 0
+def _promote_weights(module: nn.Module) -> None:
+    """Float buffers holding weights become parameters (in place)."""
     for owner in list(module.modules()):
         for name, buf in list(owner._buffers.items()):
             if buf is None or not buf.is_floating_point() or buf.numel() < MIN_WEIGHT_NUMEL:
@@ -52,8 +51,6 @@ def _promote_weights(module: nn.Module) -> int:
                 continue
             del owner._buffers[name]
             owner.register_parameter(name, nn.Parameter(buf.detach().clone()))
-            n += 1
-    return n
 
 
 def convert_onnx(path: Path, input_size: tuple[int, ...], atol: float = 1e-4) -> nn.Module:

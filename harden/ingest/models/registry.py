@@ -89,7 +89,8 @@ def _entry_point(name: str, code_dir: Path | None) -> Builder:
 def create_model(name: str, num_classes: int, model_args: dict[str, Any] | None = None, trust_code: bool = False,
                  code_dir: Path | None = None) -> nn.Module:
     """Build an untrained model by registry name, ``torchvision/<name>`` for torchvision's classifiers,
-    ``timm/<name>`` (or a bare name harden does not know and timm does) for timm's, or a Python entry point ``module:function`` (imported from ``code_dir`` or the path) only when ``trust_code`` is set.
+    ``timm/<name>`` (or a bare name harden does not know and timm does) for timm's, or a Python entry point
+    ``module:function`` (imported from ``code_dir`` or the path) only when ``trust_code`` is set.
 
     Raises:
         ModelLoadError: unknown name, untrusted entry point, or arguments the builder does not accept.
